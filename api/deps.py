@@ -1,0 +1,126 @@
+"""FastAPI dependencies as Annotated aliases."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client
+
+from api.errors import InvalidInput, Unauthenticated
+from api.middleware import DEFAULT_VERSION
+from api.models.base import Page
+from api.models.users import Role
+from api.services.definitions import DefinitionService
+from api.services.users import Principal, UserService
+from api.settings import Settings
+
+T = TypeVar("T")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def get_temporal(request: Request) -> Client:
+    return request.app.state.temporal
+
+
+TemporalDep = Annotated[Client, Depends(get_temporal)]
+
+
+def get_api_version(request: Request) -> int:
+    return request.scope.get("wfo.api_version", DEFAULT_VERSION)
+
+
+ApiVersion = Annotated[int, Depends(get_api_version)]
+
+
+def get_user_service(session: SessionDep, settings: SettingsDep) -> UserService:
+    return UserService(session, settings)
+
+
+UserServiceDep = Annotated[UserService, Depends(get_user_service)]
+
+
+def get_definition_service(session: SessionDep, settings: SettingsDep) -> DefinitionService:
+    return DefinitionService(session, settings)
+
+
+DefinitionServiceDep = Annotated[DefinitionService, Depends(get_definition_service)]
+
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearerAuth",
+    description="An access token from POST /api/auth/login.",
+)
+
+
+async def current_user(
+    users: UserServiceDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise Unauthenticated()
+    return await users.authenticate(credentials.credentials)
+
+
+CurrentUser = Annotated[Principal, Depends(current_user)]
+
+
+def _requires(role: Role) -> Any:
+    async def dependency(user: CurrentUser) -> Principal:
+        user.require(role)
+        return user
+
+    dependency.__name__ = f"require_{role.value}"
+    return Depends(dependency)
+
+
+Viewer = CurrentUser
+Operator = Annotated[Principal, _requires(Role.OPERATOR)]
+Admin = Annotated[Principal, _requires(Role.ADMIN)]
+
+
+@dataclass(frozen=True, slots=True)
+class Pagination:
+    limit: int
+    offset: int
+
+    def present(self, version: int, items: Sequence[T], total: int) -> list[T] | Page[T]:
+        """v1: a bare array, as the spec shows; v2: the envelope with the total."""
+        if version >= 2:
+            return Page(items=list(items), total=total, limit=self.limit, offset=self.offset)
+        return list(items)
+
+
+def get_pagination(
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, description="Items per page (default 10).")] = 10,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000, description="Items to skip.")] = 0,
+) -> Pagination:
+    if limit > settings.page_max_limit:
+        raise InvalidInput(
+            "The request has 1 invalid value.",
+            [{"parameter": "limit", "in": "query", "detail": f"Input should be at most {settings.page_max_limit}"}],
+        )
+    return Pagination(limit=limit, offset=offset)
+
+
+PaginationDep = Annotated[Pagination, Depends(get_pagination)]

@@ -1,0 +1,231 @@
+"""Users: login (with throttling), token checks, and user management for admins."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from api import security
+from api.db import utcnow
+from api.errors import Conflict, Forbidden, InvalidCredentials, TooManyRequests, Unauthenticated, UserNotFound
+from api.models.users import (
+    LoginFailureRow,
+    LoginRequest,
+    PasswordReset,
+    Role,
+    TokenPublic,
+    UserCreate,
+    UserPublic,
+    UserRow,
+    UserUpdate,
+)
+from api.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller."""
+
+    id: int
+    username: str
+    role: Role
+
+    def require(self, role: Role) -> None:
+        if not self.role.allows(role):
+            raise Forbidden(f"This needs the {role.value} role; you have {self.role.value}.")
+
+
+def to_public(row: UserRow) -> UserPublic:
+    assert row.id is not None
+    return UserPublic(
+        id=str(row.id),
+        username=row.username,
+        role=Role(row.role),
+        active=row.active,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def parse_id(raw: str) -> int | None:
+    """Public ids are decimal strings; anything else names nothing."""
+    if not raw.isascii() or not raw.isdecimal() or len(raw) > 18:
+        return None
+    return int(raw)
+
+
+class LoginThrottle:
+    """Counts failed logins per username and per client address in a fixed window, in the database,
+    so every API replica sees the same counts."""
+
+    def __init__(self, session: AsyncSession, settings: Settings):
+        self.session = session
+        self.settings = settings
+
+    def _keys(self, username: str, address: str | None) -> list[tuple[str, int]]:
+        keys = [(f"user:{username.lower()}", self.settings.login_max_failures_per_user)]
+        if address:
+            keys.append((f"addr:{address}", self.settings.login_max_failures_per_address))
+        return keys
+
+    async def check(self, username: str, address: str | None) -> None:
+        now = utcnow()
+        window = timedelta(seconds=self.settings.login_failure_window_seconds)
+        for key, limit in self._keys(username, address):
+            row = await self.session.get(LoginFailureRow, key)
+            if row is None or row.window_started_at + window <= now or row.failures < limit:
+                continue
+            retry_after = int((row.window_started_at + window - now).total_seconds()) + 1
+            raise TooManyRequests("Too many failed logins; try again later.", retry_after)
+
+    async def record_failure(self, username: str, address: str | None) -> None:
+        now = utcnow()
+        window = timedelta(seconds=self.settings.login_failure_window_seconds)
+        for key, _ in self._keys(username, address):
+            row = await self.session.get(LoginFailureRow, key, with_for_update=True)
+            if row is None:
+                self.session.add(LoginFailureRow(key=key, failures=1, window_started_at=now))
+            elif row.window_started_at + window <= now:
+                row.failures, row.window_started_at = 1, now
+            else:
+                row.failures += 1
+        try:
+            await self.session.commit()
+        except IntegrityError:
+            # Another replica inserted the same key first; its count stands.
+            await self.session.rollback()
+
+    async def clear_user(self, username: str) -> None:
+        await self.session.execute(sa.delete(LoginFailureRow).where(col(LoginFailureRow.key) == f"user:{username}"))
+
+
+class UserService:
+    def __init__(self, session: AsyncSession, settings: Settings):
+        self.session = session
+        self.settings = settings
+
+    # --- authentication -------------------------------------------------------------
+
+    async def login(self, data: LoginRequest, address: str | None) -> TokenPublic:
+        username = data.username.lower()
+        throttle = LoginThrottle(self.session, self.settings)
+        await throttle.check(username, address)
+        row = (await self.session.exec(select(UserRow).where(UserRow.username == username))).first()
+        password = data.password.get_secret_value()
+        ok = security.verify_password(password, row.password_hash if row else None)
+        if not ok or row is None or not row.active:
+            await throttle.record_failure(username, address)
+            log.info("failed login for %r from %s", username, address)
+            raise InvalidCredentials()
+        assert row.id is not None
+        if security.needs_rehash(row.password_hash):
+            row.password_hash = security.hash_password(password)
+        await throttle.clear_user(username)
+        await self.session.commit()
+        token, ttl = security.issue_token(
+            self.settings, user_id=row.id, username=row.username, role=row.role, token_version=row.token_version
+        )
+        return TokenPublic(access_token=token, expires_in=ttl)
+
+    async def authenticate(self, token: str) -> Principal:
+        """The principal behind a bearer token, checked against the user as stored now."""
+        try:
+            claims = security.decode_token(self.settings, token)
+        except security.InvalidToken as exc:
+            raise Unauthenticated("The bearer token is invalid or expired.", invalid_token=True) from exc
+        row = await self.session.get(UserRow, claims.user_id)
+        # A disabled user, a reset password or a changed role bumps token_version.
+        if row is None or not row.active or row.token_version != claims.token_version:
+            raise Unauthenticated("The bearer token is no longer valid; log in again.", invalid_token=True)
+        return Principal(id=claims.user_id, username=row.username, role=Role(row.role))
+
+    # --- management (admins) --------------------------------------------------------
+
+    async def list(self, limit: int, offset: int) -> tuple[list[UserPublic], int]:
+        total = (await self.session.exec(select(func.count()).select_from(UserRow))).one()
+        rows = await self.session.exec(select(UserRow).order_by(col(UserRow.id)).limit(limit).offset(offset))
+        return [to_public(r) for r in rows], total
+
+    async def get(self, user_id: str) -> UserPublic:
+        return to_public(await self._row(user_id))
+
+    async def create(self, data: UserCreate) -> UserPublic:
+        now = utcnow()
+        row = UserRow(
+            username=data.username,
+            password_hash=security.hash_password(data.password.get_secret_value()),
+            role=data.role.value,
+            created_at=now,
+            updated_at=now,
+        )
+        self.session.add(row)
+        try:
+            await self.session.commit()
+        except IntegrityError as exc:
+            await self.session.rollback()
+            raise Conflict(f"The username {data.username!r} is taken.") from exc
+        return to_public(row)
+
+    async def update(self, actor: Principal, user_id: str, data: UserUpdate) -> UserPublic:
+        row = await self._row(user_id, for_update=True)
+        changed = False
+        if data.role is not None and data.role.value != row.role:
+            if row.role == Role.ADMIN:
+                await self._keep_an_admin(row)
+            row.role, changed = data.role.value, True
+        if data.active is not None and data.active != row.active:
+            if not data.active and row.role == Role.ADMIN:
+                await self._keep_an_admin(row)
+            row.active, changed = data.active, True
+        if changed:
+            self._end_sessions(row)
+            await self.session.commit()
+            log.info("user %s changed by %s: role=%s active=%s", row.username, actor.username, row.role, row.active)
+        return to_public(row)
+
+    async def reset_password(self, actor: Principal, user_id: str, data: PasswordReset) -> UserPublic:
+        row = await self._row(user_id, for_update=True)
+        row.password_hash = security.hash_password(data.password.get_secret_value())
+        self._end_sessions(row)
+        await self.session.commit()
+        log.info("password of %s reset by %s", row.username, actor.username)
+        return to_public(row)
+
+    async def ensure_admin(self, username: str, password: str) -> bool:
+        """Create the first admin from the environment unless that user exists. True if created."""
+        username = username.lower()
+        exists = (await self.session.exec(select(UserRow.id).where(UserRow.username == username))).first()
+        if exists is not None:
+            return False
+        await self.create(UserCreate.model_validate({"username": username, "password": password, "role": "admin"}))
+        return True
+
+    def _end_sessions(self, row: UserRow) -> None:
+        row.token_version += 1
+        row.updated_at = utcnow()
+
+    async def _keep_an_admin(self, leaving: UserRow) -> None:
+        others = (
+            await self.session.exec(
+                select(func.count())
+                .select_from(UserRow)
+                .where(UserRow.role == Role.ADMIN.value, col(UserRow.active).is_(True), UserRow.id != leaving.id)
+            )
+        ).one()
+        if others == 0:
+            raise Conflict("This is the last active admin; make another user admin first.")
+
+    async def _row(self, user_id: str, *, for_update: bool = False) -> UserRow:
+        key = parse_id(user_id)
+        row = await self.session.get(UserRow, key, with_for_update=for_update) if key is not None else None
+        if row is None:
+            raise UserNotFound(user_id)
+        return row

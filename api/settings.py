@@ -1,0 +1,123 @@
+"""Settings: the only reader of the environment.
+
+Every process (API, worker, dev launcher, tests) builds one `Settings` object.
+Variables are prefixed `WFO_`, except the Temporal connection ones (`TEMPORAL_*`),
+which keep the names Temporal's own tools use.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_JWT_SECRET_BYTES = 32
+
+
+class InsecureSettings(ValueError):
+    """A production start with settings that would make the service unsafe."""
+
+
+def _temporal(name: str) -> AliasChoices:
+    # TEMPORAL_ADDRESS, but also WFO_TEMPORAL_ADDRESS for people who prefix everything.
+    return AliasChoices(f"TEMPORAL_{name}", f"WFO_TEMPORAL_{name}")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="WFO_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    # --- process ---------------------------------------------------------------------
+    dev_mode: bool = Field(False, description="Relaxes production checks; set by the dev launcher.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    data_dir: Path = Path(".data")
+    log_level: str = "INFO"
+
+    # --- database --------------------------------------------------------------------
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite file wfo.db under the data dir."
+    )
+    database_echo: bool = False
+
+    # --- auth ------------------------------------------------------------------------
+    jwt_secret: SecretStr | None = None
+    jwt_ttl_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    jwt_issuer: str = "workflow-orchestration"
+    admin_username: str = "admin"
+    admin_password: SecretStr | None = None
+    login_max_failures_per_user: int = Field(5, ge=1)
+    login_max_failures_per_address: int = Field(20, ge=1)
+    login_failure_window_seconds: int = Field(900, ge=1)
+
+    # --- API limits ------------------------------------------------------------------
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_tasks: int = Field(10_000, ge=1)
+    page_max_limit: int = Field(100, ge=1)
+    cors_origins: list[str] = Field(default_factory=list)
+
+    # --- Temporal --------------------------------------------------------------------
+    temporal_address: str = Field("localhost:7233", validation_alias=_temporal("ADDRESS"))
+    temporal_namespace: str = Field("default", validation_alias=_temporal("NAMESPACE"))
+    temporal_api_key: SecretStr | None = Field(None, validation_alias=_temporal("API_KEY"))
+    temporal_tls: bool = Field(False, validation_alias=_temporal("TLS"))
+    temporal_tls_cert: Path | None = Field(None, validation_alias=_temporal("TLS_CERT"))
+    temporal_tls_key: Path | None = Field(None, validation_alias=_temporal("TLS_KEY"))
+    temporal_tls_ca: Path | None = Field(None, validation_alias=_temporal("TLS_CA"))
+    temporal_ui_url: str | None = Field(None, validation_alias=_temporal("UI_URL"))
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard_origin(cls, origins: list[str]) -> list[str]:
+        # CORS "*" together with credentials would echo any origin back: refuse it.
+        if "*" in origins:
+            raise ValueError("WFO_CORS_ORIGINS must list origins explicitly, not '*'")
+        return origins
+
+    @model_validator(mode="after")
+    def _production_checks(self) -> Settings:
+        if self.dev_mode:
+            return self
+        secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+        if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise InsecureSettings(
+                f"WFO_JWT_SECRET must be set to at least {MIN_JWT_SECRET_BYTES} bytes of random data "
+                "outside dev mode (generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The configured database URL, defaulting to SQLite under the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'wfo.db').resolve()}"
+
+    def jwt_key(self) -> bytes:
+        """The HMAC key for tokens. In dev mode without a secret, a per-data-dir key is used."""
+        if self.jwt_secret is not None and self.jwt_secret.get_secret_value():
+            return self.jwt_secret.get_secret_value().encode()
+        return _dev_jwt_key(self.data_dir.resolve())
+
+
+@lru_cache
+def _dev_jwt_key(data_dir: Path) -> bytes:
+    """A random key kept under the data dir, so dev tokens survive a restart."""
+    import secrets
+
+    path = data_dir / "jwt-secret"
+    if path.exists():
+        return path.read_bytes().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48).encode()
+    path.touch(mode=0o600)
+    path.write_bytes(key)
+    return key
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

