@@ -9,7 +9,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from api.app import create_app
-from api.settings import Settings
+from api.settings import InsecureSettings, Settings
 
 
 def load_settings() -> Settings:
@@ -33,8 +33,13 @@ def configure_logging(level: str) -> None:
 def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_level)
+    try:
+        app = create_app(settings)
+    except InsecureSettings as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

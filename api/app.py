@@ -96,6 +96,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    settings.check_api_secrets()
     app = FastAPI(
         title="Workflow Orchestration API",
         version="1.0.0",

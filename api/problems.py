@@ -58,14 +58,14 @@ def _instance(request: Request) -> str:
 
 
 def json_pointer(parts: Iterable[str | int]) -> str:
-    escaped = (str(p).replace("~", "~0").replace("/", "~1") for p in parts)
-    return "#/" + "/".join(escaped)
+    escaped = [str(p).replace("~", "~0").replace("/", "~1") for p in parts]
+    return "#/" + "/".join(escaped) if escaped else "#"
 
 
 def _describe(error: dict[str, Any]) -> dict[str, str]:
     """One framework (pydantic) validation error as a problem entry, without echoing input."""
     location, *path = error.get("loc", ()) or ("body",)
-    message = str(error.get("msg", "invalid value"))
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     if error.get("type") == "json_invalid":
         reason = (error.get("ctx") or {}).get("error", "malformed JSON")
         return {"pointer": "#", "detail": f"Request body is not valid JSON: {reason}"}
@@ -99,9 +99,18 @@ async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's answer to a body it could not decode (not UTF-8, nested too deeply): like malformed JSON.
+        invalid = errors.InvalidInput(
+            "Request body is not valid JSON: it could not be decoded (not UTF-8, or nested too deeply).",
+            [{"pointer": "#", "detail": "Request body is not valid JSON"}],
+        )
+        return problem_response(invalid, _instance(request))
     cls = _FRAMEWORK_ERRORS.get(exc.status_code)
     if cls is None:
-        cls = type("HTTPError", (AppError,), {"status": exc.status_code, "title": _phrase(exc.status_code)})
+        phrase = _phrase(exc.status_code)
+        attributes = {"status": exc.status_code, "title": phrase, "slug": phrase.lower().replace(" ", "-")}
+        cls = type("HTTPError", (AppError,), attributes)
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != _phrase(exc.status_code) else None
     if exc.status_code == 404 and detail is None:
         detail = "No resource at this address."

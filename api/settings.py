@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_JWT_SECRET_BYTES = 32
@@ -77,17 +77,19 @@ class Settings(BaseSettings):
             raise ValueError("WFO_CORS_ORIGINS must list origins explicitly, not '*'")
         return origins
 
-    @model_validator(mode="after")
-    def _production_checks(self) -> Settings:
+    def check_api_secrets(self) -> None:
+        """The API refuses to start outside dev mode without a strong token key.
+
+        Only the API signs tokens: workers (which never see a token) don't need the secret.
+        """
         if self.dev_mode:
-            return self
+            return
         secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
         if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
             raise InsecureSettings(
                 f"WFO_JWT_SECRET must be set to at least {MIN_JWT_SECRET_BYTES} bytes of random data "
                 "outside dev mode (generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
             )
-        return self
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
@@ -32,20 +33,22 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
 
 
-def _nul_path(value: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
-    """Where a NUL character hides in a JSON document, if anywhere."""
+def _not_storable(value: Any, path: tuple[str | int, ...] = ()) -> tuple[tuple[str | int, ...], str] | None:
+    """The first value in a JSON document that no database could store as sent, and why."""
     if isinstance(value, str):
-        return path if "\x00" in value else None
+        return (path, "Text must not contain NUL (\\u0000) characters") if "\x00" in value else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, "Numbers must be finite (NaN and Infinity are not JSON)")
     if isinstance(value, dict):
         for key, item in value.items():
             if isinstance(key, str) and "\x00" in key:
-                return (*path, key)
-            found = _nul_path(item, (*path, key))
+                return (*path, key), "Keys must not contain NUL (\\u0000) characters"
+            found = _not_storable(item, (*path, key))
             if found is not None:
                 return found
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            found = _nul_path(item, (*path, index))
+            found = _not_storable(item, (*path, index))
             if found is not None:
                 return found
     return None
@@ -56,6 +59,7 @@ class RequestModel(ApiModel):
 
     NUL characters are refused everywhere: PostgreSQL cannot store them and SQLite can, so
     accepting them would make the same request succeed or fail depending on the database.
+    NaN and Infinity (which Python's JSON parser lets through) are refused: they are not JSON.
     """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
@@ -66,9 +70,10 @@ class RequestModel(ApiModel):
     def _clean(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        path = _nul_path(data)
-        if path is not None:
-            error = PydanticCustomError("nul_character", "Text must not contain NUL (\\u0000) characters")
+        found = _not_storable(data)
+        if found is not None:
+            path, message = found
+            error = PydanticCustomError("not_storable", message)
             raise ValidationError.from_exception_data(cls.__name__, [{"type": error, "loc": path, "input": None}])
         if cls.read_only_fields:
             data = {k: v for k, v in data.items() if k not in cls.read_only_fields}

@@ -92,7 +92,8 @@ class RetryPolicyIn(RequestModel):
             if value_of_alias is None:
                 return
             if current is not None and current != value_of_alias:
-                raise ValueError(f"{canonical} and {alias} disagree; give one of them")
+                name = type(self).model_fields[canonical].alias
+                raise ValueError(f"{name} and {alias} disagree; give one of them")
             setattr(self, canonical, value_of_alias)
 
         fold("max_attempts", "maxRetries", None if self.max_retries is None else self.max_retries + 1)

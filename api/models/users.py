@@ -52,7 +52,7 @@ class LoginFailureRow(SQLModel, table=True):
 
     __tablename__ = "login_failures"
 
-    key: str = Column_(sa_column=Column(sa.String(200), primary_key=True))
+    key: str = Column_(sa_column=Column(sa.String(255), primary_key=True))
     failures: int = Column_(default=0, sa_column=Column(sa.Integer, nullable=False))
     window_started_at: datetime = Column_(sa_column=Column(UTCDateTime, nullable=False))
 

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api import security
-from api.db import utcnow
+from api.db import UTCDateTime, utcnow
 from api.errors import Conflict, Forbidden, InvalidCredentials, TooManyRequests, Unauthenticated, UserNotFound
 from api.models.users import (
     LoginFailureRow,
@@ -71,40 +73,48 @@ class LoginThrottle:
         self.settings = settings
 
     def _keys(self, username: str, address: str | None) -> list[tuple[str, int]]:
-        keys = [(f"user:{username.lower()}", self.settings.login_max_failures_per_user)]
+        # Bounded: no user has a name this long, so long names may share one counter.
+        keys = [(f"user:{username.lower()[:200]}", self.settings.login_max_failures_per_user)]
         if address:
-            keys.append((f"addr:{address}", self.settings.login_max_failures_per_address))
+            keys.append((f"addr:{address[:200]}", self.settings.login_max_failures_per_address))
         return keys
 
     async def check(self, username: str, address: str | None) -> None:
         now = utcnow()
         window = timedelta(seconds=self.settings.login_failure_window_seconds)
         for key, limit in self._keys(username, address):
-            row = await self.session.get(LoginFailureRow, key)
+            row = await self.session.get(LoginFailureRow, key, populate_existing=True)
             if row is None or row.window_started_at + window <= now or row.failures < limit:
                 continue
             retry_after = int((row.window_started_at + window - now).total_seconds()) + 1
             raise TooManyRequests("Too many failed logins; try again later.", retry_after)
 
     async def record_failure(self, username: str, address: str | None) -> None:
+        """Count one failure per key in a single upsert, so concurrent replicas never lose a count."""
         now = utcnow()
-        window = timedelta(seconds=self.settings.login_failure_window_seconds)
+        started = sa.literal(now, UTCDateTime)
+        expired = col(LoginFailureRow.window_started_at) <= sa.literal(
+            now - timedelta(seconds=self.settings.login_failure_window_seconds), UTCDateTime
+        )
+        dialect = self.session.get_bind().dialect.name
+        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
         for key, _ in self._keys(username, address):
-            row = await self.session.get(LoginFailureRow, key, with_for_update=True)
-            if row is None:
-                self.session.add(LoginFailureRow(key=key, failures=1, window_started_at=now))
-            elif row.window_started_at + window <= now:
-                row.failures, row.window_started_at = 1, now
-            else:
-                row.failures += 1
-        try:
-            await self.session.commit()
-        except IntegrityError:
-            # Another replica inserted the same key first; its count stands.
-            await self.session.rollback()
+            statement = (
+                insert(LoginFailureRow)
+                .values(key=key, failures=1, window_started_at=now)
+                .on_conflict_do_update(
+                    index_elements=["key"],
+                    set_={
+                        "failures": sa.case((expired, 1), else_=col(LoginFailureRow.failures) + 1),
+                        "window_started_at": sa.case((expired, started), else_=col(LoginFailureRow.window_started_at)),
+                    },
+                )
+            )
+            await self.session.exec(statement)
+        await self.session.commit()
 
     async def clear_user(self, username: str) -> None:
-        await self.session.execute(sa.delete(LoginFailureRow).where(col(LoginFailureRow.key) == f"user:{username}"))
+        await self.session.exec(sa.delete(LoginFailureRow).where(col(LoginFailureRow.key) == f"user:{username}"))
 
 
 class UserService:

@@ -32,7 +32,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "login_failures",
-        sa.Column("key", sa.String(200), primary_key=True),
+        sa.Column("key", sa.String(255), primary_key=True),
         sa.Column("failures", sa.Integer, nullable=False),
         sa.Column("window_started_at", UTCDateTime, nullable=False),
     )
