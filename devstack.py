@@ -48,7 +48,7 @@ import httpx
 from pydantic import Field, ValidationError
 
 from api.settings import Settings
-from workflows.constants import DEFAULT_TASK_QUEUE, SEARCH_ATTRIBUTES, SYSTEM_TASK_QUEUE
+from workflows.constants import SEARCH_ATTRIBUTES
 
 log = logging.getLogger("devstack")
 
@@ -501,10 +501,9 @@ class DevStack:
         self.children.append(
             Child.spawn(
                 "worker",
-                # One worker serves both queues: the interpreter and system activities, and tasks.
-                _entry_point(
-                    "wfo-worker", "worker", "--queue", SYSTEM_TASK_QUEUE, "--queue", DEFAULT_TASK_QUEUE
-                ),
+                # With no --queue a worker serves both the system queue (interpreter, system
+                # activities) and the default task queue, as the settings name them.
+                _entry_point("wfo-worker", "worker"),
                 env,
                 self.logs_dir / "worker.log",
             )

@@ -1,7 +1,12 @@
-"""A worker: `wfo-worker [--queue Q ...] [--max-concurrent-activities N]`.
+"""A worker: `wfo-worker [--queue NAME ...] [--max-concurrent-activities N] [--cpu N --memory MB --gpu N]`.
 
-Serves user task activities on the given queues (default wfo-tasks) until SIGTERM or SIGINT,
-then stops polling and lets running activities finish (up to --graceful-shutdown seconds).
+Serving the system queue (wfo-system) runs the interpreter workflow and its system activities,
+which need the database settings; any other queue (default wfo-tasks) runs task activities,
+which need no database. A fleet for special hardware serves its own queue, e.g.
+`wfo-worker --queue gpu --gpu 2`, and definitions route tasks there with
+`resourceRequirements.queue`.
+
+SIGTERM or SIGINT stops polling and gives running activities --graceful-shutdown seconds.
 """
 
 from __future__ import annotations
@@ -14,76 +19,133 @@ import signal
 import socket
 from datetime import timedelta
 
+from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.tasks import TASK_ACTIVITIES
+from activities.capacity import configure_capacity, configure_worker
+from activities.registry import load_modules, task_activities
+from api.db import create_engine, migrate, session_factory
+from api.settings import Settings
 from api.temporal import connect
 from server import configure_logging, load_settings
-from workflows.constants import DEFAULT_TASK_QUEUE
+from workflows.constants import DEFAULT_TASK_QUEUE, SYSTEM_TASK_QUEUE
 
 log = logging.getLogger("worker")
 
+#: Task modules imported by default: they register @task_function / @task_type handlers.
+DEFAULT_TASK_MODULES = ["activities.examples"]
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="wfo-worker", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="wfo-worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--queue",
         action="append",
         dest="queues",
         metavar="NAME",
-        help=f"task queue to serve (repeatable; default {DEFAULT_TASK_QUEUE})",
+        help="task queue to serve, repeatable (default: the system queue and the default task queue, "
+        f"{SYSTEM_TASK_QUEUE} and {DEFAULT_TASK_QUEUE} unless WFO_SYSTEM_TASK_QUEUE / WFO_DEFAULT_TASK_QUEUE say otherwise)",
     )
     parser.add_argument("--max-concurrent-activities", type=int, default=100, metavar="N")
+    parser.add_argument("--max-concurrent-workflow-tasks", type=int, default=100, metavar="N")
+    parser.add_argument("--cpu", type=float, help="CPU cores this worker offers to tasks (default: unlimited)")
+    parser.add_argument("--memory", type=float, help="memory in MB this worker offers to tasks (default: unlimited)")
+    parser.add_argument("--gpu", type=float, help="GPUs this worker offers to tasks (default: unlimited)")
+    parser.add_argument(
+        "--load",
+        action="append",
+        dest="modules",
+        metavar="MODULE",
+        help="Python module that registers task functions or types, repeatable (default: activities.examples)",
+    )
     parser.add_argument(
         "--graceful-shutdown", type=float, default=30.0, metavar="SECONDS", help="time running activities get to finish"
     )
     parser.add_argument("--identity", help="worker identity shown in Temporal (default: pid@host)")
     args = parser.parse_args(argv)
-    if args.max_concurrent_activities < 1:
-        parser.error("--max-concurrent-activities must be at least 1")
-    args.queues = list(dict.fromkeys(args.queues or [DEFAULT_TASK_QUEUE]))
+    for flag in ("max_concurrent_activities", "max_concurrent_workflow_tasks"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    for flag in ("cpu", "memory", "gpu"):
+        value = getattr(args, flag)
+        if value is not None and value < 0:
+            parser.error(f"--{flag} must not be negative")
+    args.modules = args.modules if args.modules is not None else DEFAULT_TASK_MODULES
     return args
 
 
-async def run(args: argparse.Namespace) -> None:
-    settings = load_settings()
+def build_workers(client: Client, settings: Settings, args: argparse.Namespace, identity: str) -> tuple[list[Worker], object]:
+    """One Temporal worker per queue; the system queue's also holds the database engine (returned)."""
+    from activities.system import SystemActivities
+    from workflows.interpreter import InterpreterWorkflow
+
+    workers: list[Worker] = []
+    engine = None
+    common = {
+        "max_concurrent_activities": args.max_concurrent_activities,
+        "graceful_shutdown_timeout": timedelta(seconds=args.graceful_shutdown),
+        "identity": identity,
+    }
+    for queue in args.queues:
+        if queue == settings.system_task_queue:
+            engine = create_engine(settings)
+            system = SystemActivities(session_factory(engine), client)
+            workers.append(
+                Worker(
+                    client,
+                    task_queue=queue,
+                    workflows=[InterpreterWorkflow],
+                    activities=system.activities(),
+                    max_concurrent_workflow_tasks=args.max_concurrent_workflow_tasks,
+                    **common,
+                )
+            )
+        else:
+            workers.append(Worker(client, task_queue=queue, activities=task_activities(), **common))
+    return workers, engine
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> None:
     identity = args.identity or f"{os.getpid()}@{socket.gethostname()}"
+    load_modules(args.modules)
+    configure_worker(identity)
+    configure_capacity(cpu=args.cpu, memory=args.memory, gpu=args.gpu)
+    if settings.system_task_queue in args.queues:
+        await asyncio.to_thread(migrate, settings)
     client = await connect(settings, identity=identity)
-    workers = [
-        Worker(
-            client,
-            task_queue=queue,
-            activities=TASK_ACTIVITIES,
-            max_concurrent_activities=args.max_concurrent_activities,
-            graceful_shutdown_timeout=timedelta(seconds=args.graceful_shutdown),
-            identity=identity,
-        )
-        for queue in args.queues
-    ]
+    workers, engine = build_workers(client, settings, args, identity)
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
     log.info("worker %s serving %s", identity, ", ".join(args.queues))
-    tasks = [asyncio.create_task(w.run()) for w in workers]
+    running = [asyncio.create_task(w.run()) for w in workers]
     stopped = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([*tasks, stopped], return_when=asyncio.FIRST_COMPLETED)
-    if stopped not in done:
-        # A worker failed on its own (e.g. lost Temporal for good): stop the rest and report it.
-        for task in done:
-            task.result()
+    done, _ = await asyncio.wait([*running, stopped], return_when=asyncio.FIRST_COMPLETED)
+    failure = next((t.exception() for t in done if t is not stopped and t.exception() is not None), None)
+    if failure is not None:
+        log.error("a worker stopped on its own: %s", failure)
     log.info("shutting down: finishing running activities")
-    await asyncio.gather(*(w.shutdown() for w in workers))
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+    await asyncio.gather(*running, return_exceptions=True)
+    stopped.cancel()
+    if engine is not None:
+        await engine.dispose()  # type: ignore[attr-defined]
     log.info("worker stopped")
+    if failure is not None:
+        raise SystemExit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = load_settings()
+    args.queues = args.queues or [settings.system_task_queue, settings.default_task_queue]
     configure_logging(settings.log_level)
-    asyncio.run(run(args))
+    asyncio.run(run(args, settings))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,269 @@
-"""Task-type activities (queue wfo-tasks or a task's own queue). No database access here."""
+"""Built-in task types run as activities (queue wfo-tasks or a task's own queue). No database access.
+
+* `noop`: result `"success"`.
+* `http`: one HTTP request with httpx (input below); 5xx, 408, 429 and network errors retry,
+  other unexpected statuses do not. Result `{"status", "headers", "body"}`.
+* `python`: the function registered with `@task_function(input.function)`.
+
+`sleep` and `approval` are run by the interpreter workflow itself (a timer, an update), not here.
+Every type goes through `activities.registry.run_task` (templating, capacity, heartbeats, result
+size, error details).
+"""
 
 from __future__ import annotations
 
-from temporalio import activity
+import asyncio
+import json
+import re
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.registry import RESULT_TOO_LARGE, call, registry, task_type
 from workflows.inputs import TaskInput
 
+INVALID_INPUT = "InvalidInput"
+UNKNOWN_FUNCTION = "UnknownFunction"
+HTTP_CLIENT_ERROR = "HttpClientError"
+HTTP_SERVER_ERROR = "HttpServerError"
+HTTP_NETWORK_ERROR = "HttpNetworkError"
 
-@activity.defn(name="noop")
+DEFAULT_HTTP_TIMEOUT = 30.0
+#: Statuses below 500 that are worth retrying (the server asks to come back later).
+RETRYABLE_CLIENT_STATUSES = frozenset({408, 429})
+#: Longest Retry-After honoured as the next retry delay.
+MAX_RETRY_AFTER = 3600
+#: How much of an unexpected response's body an error carries.
+ERROR_BODY_CHARS = 1000
+_METHOD = re.compile(r"^[A-Z]{1,20}$")
+
+
+@task_type("noop")
 async def noop(task: TaskInput) -> str:
-    """Completes at once."""
-    activity.logger.debug("noop task %s of execution %s", task.task_id, task.execution_id)
+    """Completes at once with the result "success"."""
     return "success"
 
 
-TASK_ACTIVITIES = [noop]
+@task_type("http")
+async def http(task: TaskInput) -> dict[str, Any]:
+    """One HTTP request.
+
+    Input: `url` (http or https), `method` (default GET), `headers` (object), `body` (an object or
+    list is sent as JSON, a string as text), `expectStatus` (a status or a list; default any 2xx),
+    `timeoutSeconds` (whole request, default 30), `responseHeaders` (names to keep; default all).
+    Redirects are not followed: a 3xx is unexpected unless listed in `expectStatus`.
+    Result: `{"status": int, "headers": {lowercased name: value}, "body": JSON if the response
+    says it is JSON, else text; null when empty}`.
+    """
+    spec = task.input or {}
+    method = _method(spec.get("method", "GET"))
+    url = _url(spec.get("url"))
+    headers = _headers(spec.get("headers"))
+    expected = _expected_statuses(spec.get("expectStatus"))
+    timeout = _timeout(spec.get("timeoutSeconds", DEFAULT_HTTP_TIMEOUT))
+    keep_headers = _header_names(spec.get("responseHeaders"))
+    content, json_body = _body(spec.get("body"), headers)
+    safe_url = redact_url(url)
+
+    # follow_redirects=False: a redirect could lead anywhere (SSRF); the definition must say so.
+    try:
+        async with asyncio.timeout(timeout):
+            async with httpx.AsyncClient(follow_redirects=False, timeout=timeout) as client:
+                request = client.build_request(method, url, headers=headers, content=content, json=json_body)
+                response = await client.send(request, stream=True)
+                try:
+                    raw = await _read_capped(response, task.max_result_bytes, safe_url)
+                finally:
+                    await response.aclose()
+    except TimeoutError:
+        raise ApplicationError(
+            f"{method} {safe_url} timed out after {timeout:g} s", type=HTTP_NETWORK_ERROR
+        ) from None
+    except httpx.TimeoutException as err:
+        raise ApplicationError(
+            f"{method} {safe_url} timed out after {timeout:g} s ({type(err).__name__})", type=HTTP_NETWORK_ERROR
+        ) from None
+    except (httpx.InvalidURL, httpx.LocalProtocolError, httpx.UnsupportedProtocol, UnicodeEncodeError) as err:
+        # Checked before TransportError, their base: the request itself is wrong, retrying cannot help.
+        raise ApplicationError(
+            f"{method} {safe_url} cannot be sent: {err}", type=INVALID_INPUT, non_retryable=True
+        ) from None
+    except httpx.TransportError as err:
+        raise ApplicationError(
+            f"{method} {safe_url} failed: {type(err).__name__}: {err or 'no response'}", type=HTTP_NETWORK_ERROR
+        ) from None
+
+    status = response.status_code
+    body = _parse_body(response, raw)
+    activity.logger.info("http task %s: %s %s -> %d", task.task_id, method, safe_url, status)
+    if not (status in expected if expected is not None else 200 <= status < 300):
+        raise _unexpected_status(method, safe_url, response, body)
+    return {"status": status, "headers": _response_headers(response, keep_headers), "body": body}
+
+
+@task_type("python")
+async def python(task: TaskInput) -> Any:
+    """Calls the function registered with `@task_function(input.function)` as `fn(rest of input, context)`."""
+    params = dict(task.input or {})
+    name = params.pop("function", None)
+    if not isinstance(name, str) or not name:
+        raise ApplicationError(
+            "a python task needs input.function: the name of a registered function",
+            type=INVALID_INPUT,
+            non_retryable=True,
+        )
+    fn = registry.function(name)
+    if fn is None:
+        available = ", ".join(registry.function_names()) or "none"
+        raise ApplicationError(
+            f"unknown python function {name!r}; this worker has: {available}",
+            {"function": name, "available": registry.function_names()},
+            type=UNKNOWN_FUNCTION,
+            non_retryable=True,
+        )
+    return await call(fn, params, task.context)
+
+
+#: The built-in task activities. Deprecated: a worker registers `registry.task_activities()`.
+TASK_ACTIVITIES = [registry.activity(name) for name in ("noop", "http", "python")]
+
+
+# --- http helpers ------------------------------------------------------------------------------
+
+
+def redact_url(url: str) -> str:
+    """The URL without user info, query or fragment: safe to log and to put in errors."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _invalid(message: str) -> ApplicationError:
+    return ApplicationError(message, type=INVALID_INPUT, non_retryable=True)
+
+
+def _method(value: Any) -> str:
+    method = value.upper() if isinstance(value, str) else value
+    if not isinstance(method, str) or not _METHOD.fullmatch(method):
+        raise _invalid(f"input.method must be an HTTP method such as GET or POST, not {value!r}")
+    return method
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _invalid("input.url is required: an http or https URL")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as err:
+        raise _invalid(f"input.url is not a valid URL: {err}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _invalid(f"input.url must be an http or https URL with a host, not {redact_url(value)!r}")
+    return value
+
+
+def _headers(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _invalid("input.headers must be an object of header names to values")
+    return {str(name): text if isinstance(text, str) else json.dumps(text) for name, text in value.items()}
+
+
+def _header_names(value: Any) -> set[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise _invalid("input.responseHeaders must be a list of header names")
+    return {name.lower() for name in value}
+
+
+def _expected_statuses(value: Any) -> set[int] | None:
+    if value is None:
+        return None
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599 for v in values):
+        raise _invalid(f"input.expectStatus must be an HTTP status or a list of them, not {value!r}")
+    return set(values)
+
+
+def _timeout(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 24 * 3600:
+        raise _invalid(f"input.timeoutSeconds must be a number of seconds above 0, not {value!r}")
+    return float(value)
+
+
+def _body(value: Any, headers: dict[str, str]) -> tuple[str | None, Any]:
+    """(text content, JSON content) for httpx; a text body gets a text/plain type unless one is given."""
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        if not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+        return value, None
+    return None, value
+
+
+async def _read_capped(response: httpx.Response, limit: int, safe_url: str) -> bytes:
+    """The response body, refusing (ResultTooLarge) one longer than the task's result limit."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise ApplicationError(
+                f"the response body of {safe_url} is over {limit} bytes, the limit of a task result",
+                {"limit": limit},
+                type=RESULT_TOO_LARGE,
+                non_retryable=True,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_body(response: httpx.Response, raw: bytes) -> Any:
+    """JSON when the response's media type says JSON (and it parses), else text; None when empty."""
+    if not raw:
+        return None
+    text = raw.decode(response.charset_encoding or "utf-8", errors="replace")
+    media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "application/json" or media_type.endswith("+json"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    return text
+
+
+def _response_headers(response: httpx.Response, keep: set[str] | None) -> dict[str, str]:
+    return {name: value for name, value in response.headers.items() if keep is None or name in keep}
+
+
+def _unexpected_status(method: str, safe_url: str, response: httpx.Response, body: Any) -> ApplicationError:
+    """HttpServerError (retryable) for 5xx, HttpClientError otherwise (retryable only for 408/429)."""
+    status = response.status_code
+    excerpt = "" if body is None else body if isinstance(body, str) else json.dumps(body)
+    details = {"status": status, "body": excerpt[:ERROR_BODY_CHARS]}
+    message = f"{method} {safe_url} answered {status} {response.reason_phrase}".rstrip()
+    if status >= 500:
+        return ApplicationError(message, details, type=HTTP_SERVER_ERROR)
+    if status in RETRYABLE_CLIENT_STATUSES:
+        return ApplicationError(
+            message, details, type=HTTP_CLIENT_ERROR, next_retry_delay=_retry_after(response)
+        )
+    return ApplicationError(message, details, type=HTTP_CLIENT_ERROR, non_retryable=True)
+
+
+def _retry_after(response: httpx.Response) -> timedelta | None:
+    """A Retry-After given in seconds, capped; None otherwise (the retry policy decides)."""
+    value = response.headers.get("retry-after", "").strip()
+    if value.isdigit():
+        return timedelta(seconds=min(int(value), MAX_RETRY_AFTER))
+    return None

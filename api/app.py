@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from api import problems
 from api.db import create_engine, migrate, session_factory
 from api.middleware import SUPPORTED_VERSIONS, ApiVersionMiddleware, RequestBodyMiddleware, media_type
-from api.rest import auth, health, users, workflows
+from api.rest import auth, executions, health, tasks, users, workflows
 from api.services.users import UserService
 from api.settings import Settings, get_settings
 from api.temporal import connect
@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
 
     api = APIRouter(prefix="/api")
-    for module in (auth, users, workflows):
+    for module in (auth, users, workflows, executions, tasks):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(health.router)

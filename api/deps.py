@@ -16,6 +16,7 @@ from api.middleware import DEFAULT_VERSION
 from api.models.base import Page
 from api.models.users import Role
 from api.services.definitions import DefinitionService
+from api.services.executions import ExecutionService
 from api.services.users import Principal, UserService
 from api.settings import Settings
 
@@ -63,6 +64,13 @@ def get_definition_service(session: SessionDep, settings: SettingsDep) -> Defini
 
 
 DefinitionServiceDep = Annotated[DefinitionService, Depends(get_definition_service)]
+
+
+def get_execution_service(session: SessionDep, settings: SettingsDep, temporal: TemporalDep) -> ExecutionService:
+    return ExecutionService(session, settings, temporal)
+
+
+ExecutionServiceDep = Annotated[ExecutionService, Depends(get_execution_service)]
 
 
 _bearer = HTTPBearer(

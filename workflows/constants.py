@@ -10,8 +10,14 @@ SYSTEM_TASK_QUEUE = "wfo-system"
 #: Default queue of user task activities; a task's resourceRequirements.queue overrides it.
 DEFAULT_TASK_QUEUE = "wfo-tasks"
 
+#: Workflow type of the generic interpreter.
+INTERPRETER_WORKFLOW = "Interpreter"
+#: System (local) activities of the interpreter, served by workers of the system queue.
+PUBLISH_ACTIVITY = "wfo.publish_events"
+INSPECT_ACTIVITY = "wfo.inspect_tasks"
+
 #: Temporal workflow id of an execution: readable in the Web UI and unique per execution.
-WORKFLOW_ID_FORMAT = "wfo-{definition_id}-{execution_id}"
+WORKFLOW_ID_FORMAT = "{prefix}-{definition_id}-{execution_id}"
 
 #: Custom search attributes (name -> Temporal type) registered on the dev server at start,
 #: so operators can find executions with `temporal workflow list --query`.
@@ -22,5 +28,14 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
 }
 
 
-def workflow_id(definition_id: str, execution_id: str) -> str:
-    return WORKFLOW_ID_FORMAT.format(definition_id=definition_id, execution_id=execution_id)
+def workflow_id(prefix: str, definition_id: str, execution_id: str) -> str:
+    return WORKFLOW_ID_FORMAT.format(prefix=prefix, definition_id=definition_id, execution_id=execution_id)
+
+
+def activity_id(task_id: str, attempts_before: int) -> str:
+    """One activity id per scheduling of a task: `<task id>#<its first attempt number>`."""
+    return f"{task_id}#{attempts_before + 1}"
+
+
+def task_of_activity(activity_id: str) -> str:
+    return activity_id.rpartition("#")[0]

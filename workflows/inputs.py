@@ -1,21 +1,194 @@
 """Dataclasses that cross into Temporal (workflow and activity inputs and results).
 
-Add fields with defaults; never remove or reorder them: running executions hold these in their
-histories.
+Add fields with defaults; never remove, rename or reorder them: running executions hold these
+in their histories, and the replay test fails when an old history no longer decodes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+
+from workflows.constants import DEFAULT_TASK_QUEUE
+
+# --- the definition snapshot an execution runs -------------------------------------------
+
+
+@dataclass
+class RetrySpec:
+    """A task's Temporal RetryPolicy (seconds)."""
+
+    maximum_attempts: int = 3
+    initial_interval: float = 1.0
+    backoff_coefficient: float = 2.0
+    maximum_interval: float | None = None
+    non_retryable_error_types: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TaskSpec:
+    id: str
+    name: str
+    type: str = "noop"
+    dependencies: list[str] = field(default_factory=list)
+    input: dict[str, Any] | None = None
+    #: Start-to-close seconds of one attempt; None: the engine default.
+    timeout: float | None = None
+    retry: RetrySpec = field(default_factory=RetrySpec)
+    queue: str = DEFAULT_TASK_QUEUE
+    #: resourceRequirements as the definition gives them (cpu, memory, storage, gpu, custom, queue).
+    requirements: dict[str, Any] | None = None
+
+
+@dataclass
+class SyncPointSpec:
+    id: str
+    name: str
+    description: str | None = None
+    required_tasks: list[str] = field(default_factory=list)
+    #: Seconds from the execution's start; missing it fails the execution.
+    timeout: float | None = None
+
+
+@dataclass
+class EngineOptions:
+    """Engine knobs decided by the API's settings when the execution starts (workflows read no settings)."""
+
+    default_task_timeout: float = 3600.0
+    heartbeat_timeout: float = 30.0
+    max_result_bytes: int = 256 * 1024
+    max_context_bytes: int = 1024 * 1024
+    #: Seconds a task may be scheduled before the engine looks for workers on its queue.
+    inspect_after: float = 10.0
+
+
+# --- task activities ------------------------------------------------------------------------
 
 
 @dataclass
 class TaskInput:
-    """What a task activity receives."""
+    """What a task activity receives. Its activity type is the task type."""
 
     execution_id: str
     task_id: str
     task_type: str
     input: dict[str, Any] | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    requirements: dict[str, Any] | None = None
+    queue: str = DEFAULT_TASK_QUEUE
+    max_result_bytes: int = 256 * 1024
+
+
+@dataclass
+class TaskOutcome:
+    """What a task activity returns: the result and where it ran.
+
+    A failing task raises an ApplicationError whose first detail is a dict with the same
+    `worker`, `attempt` and `queue` keys.
+    """
+
+    result: Any
+    worker: str
+    attempt: int
+    queue: str
+
+
+# --- the interpreter workflow ---------------------------------------------------------------
+
+
+@dataclass
+class TaskCarryOver:
+    """A task's state carried into a reopened run (retry of a failed execution)."""
+
+    id: str
+    status: str
+    attempts: int = 0
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    error: str | None = None
+    resources: dict[str, Any] | None = None
+
+
+@dataclass
+class ResumeState:
+    """What a reopened execution starts from: nothing that completed runs again."""
+
+    tasks: list[TaskCarryOver]
+    context: dict[str, Any]
+    context_version: int
+    #: The next event sequence number is last_seq + 1, so the event log stays one sequence.
+    last_seq: int
+    started_at: datetime
+    reached_sync_points: list[str] = field(default_factory=list)
+    #: The failed task to rerun (with everything that depends on it).
+    retry_task_id: str | None = None
+
+
+@dataclass
+class InterpreterInput:
+    execution_id: str
+    definition_id: str
+    definition_version: str
+    tasks: list[TaskSpec]
+    sync_points: list[SyncPointSpec] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)
+    options: EngineOptions = field(default_factory=EngineOptions)
+    resume: ResumeState | None = None
+
+
+@dataclass
+class InterpreterResult:
+    status: str
+    context_version: int
+    completed_tasks: int
+    total_tasks: int
+
+
+# --- the read model feed --------------------------------------------------------------------
+
+
+@dataclass
+class Event:
+    """One state change of an execution, numbered per execution."""
+
+    seq: int
+    type: str
+    at: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EventBatch:
+    """The events of one workflow task, written in one transaction."""
+
+    execution_id: str
+    workflow_id: str
+    run_id: str
+    events: list[Event]
+
+
+@dataclass
+class TaskInspection:
+    """What Temporal knows of a scheduled task activity the workflow cannot see."""
+
+    task_id: str
+    started: bool
+    attempt: int
+    queue: str
+    queue_has_pollers: bool | None = None
+    last_failure: str | None = None
+    last_worker: str | None = None
+
+
+@dataclass
+class InspectRequest:
+    workflow_id: str
+    run_id: str
+    #: Task id -> task queue of the tasks to look at.
+    task_queues: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class InspectResult:
+    tasks: list[TaskInspection] = field(default_factory=list)

@@ -190,6 +190,10 @@ class DefinitionService:
             created_at=row.updated_at,
         )
 
+    async def current(self, definition_id: str) -> DefinitionRow:
+        """The stored definition at its current version (404 if unknown or deleted)."""
+        return await self._row(definition_id)
+
     async def _row(self, definition_id: str, *, for_update: bool = False) -> DefinitionRow:
         key = parse_id(definition_id)
         row = await self.session.get(DefinitionRow, key, with_for_update=for_update) if key is not None else None

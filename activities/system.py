@@ -1,0 +1,82 @@
+"""System activities (queue wfo-system): the only activities that touch the database.
+
+Both run as local activities of the interpreter, in the worker process that runs the
+workflow, so they cost no task-queue round trip.
+"""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.api.enums.v1 import PendingActivityState, TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+
+from api.db import SessionFactory
+from api.services.readmodel import UnknownExecution, apply_batch
+from workflows.constants import INSPECT_ACTIVITY, PUBLISH_ACTIVITY, task_of_activity
+from workflows.inputs import EventBatch, InspectRequest, InspectResult, TaskInspection
+
+
+class SystemActivities:
+    """Built once in worker.py with a session factory and a Temporal client."""
+
+    def __init__(self, sessions: SessionFactory, client: Client) -> None:
+        self.sessions = sessions
+        self.client = client
+
+    @activity.defn(name=PUBLISH_ACTIVITY)
+    async def publish_events(self, batch: EventBatch) -> int:
+        """Write one batch of an execution's events into the read model (idempotent)."""
+        async with self.sessions() as session:
+            try:
+                applied = await apply_batch(session, batch)
+            except UnknownExecution as exc:
+                # Retrying cannot help: nothing will create the row. The workflow task fails
+                # visibly in Temporal instead of looping in silence.
+                raise ApplicationError(str(exc), type="UnknownExecution", non_retryable=True) from exc
+        if applied:
+            activity.logger.debug("execution %s: applied %d events", batch.execution_id, applied)
+        return applied
+
+    @activity.defn(name=INSPECT_ACTIVITY)
+    async def inspect_tasks(self, request: InspectRequest) -> InspectResult:
+        """What Temporal knows of the given running tasks: started or not, attempt, worker, pollers."""
+        handle = self.client.get_workflow_handle(request.workflow_id, run_id=request.run_id)
+        description = await handle.describe()
+        found: list[TaskInspection] = []
+        for pending in description.raw_description.pending_activities:
+            task_id = task_of_activity(pending.activity_id)
+            queue = request.task_queues.get(task_id)
+            if queue is None:
+                continue
+            found.append(
+                TaskInspection(
+                    task_id=task_id,
+                    started=pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED,
+                    attempt=pending.attempt,
+                    queue=queue,
+                    last_failure=pending.last_failure.message if pending.HasField("last_failure") else None,
+                    last_worker=pending.last_worker_identity or None,
+                )
+            )
+        waiting_queues = {t.queue for t in found if not t.started}
+        polled = {queue: await self._has_pollers(queue) for queue in waiting_queues}
+        for task in found:
+            if not task.started:
+                task.queue_has_pollers = polled[task.queue]
+        return InspectResult(tasks=found)
+
+    async def _has_pollers(self, queue: str) -> bool:
+        response = await self.client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=self.client.namespace,
+                task_queue=TaskQueue(name=queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            )
+        )
+        return len(response.pollers) > 0
+
+    def activities(self) -> list[object]:
+        return [self.publish_events, self.inspect_tasks]

@@ -1,0 +1,117 @@
+"""Workflow executions: start, list, read, cancel, their tasks and progress."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+
+from api.deps import ApiVersion, ExecutionServiceDep, Operator, PaginationDep, Viewer
+from api.errors import (
+    DefinitionNotFound,
+    ExecutionConflict,
+    ExecutionNotFound,
+    Forbidden,
+    InvalidInput,
+    ServiceUnavailable,
+)
+from api.models.base import Page
+from api.models.executions import (
+    ExecutionCreate,
+    ExecutionPublic,
+    ExecutionPublicV2,
+    ExecutionStatus,
+    ProgressPublic,
+    TaskExecutionPublic,
+    TaskStatus,
+    present_execution,
+    present_progress,
+    present_task,
+)
+from api.problems import problem_responses
+
+router = APIRouter(prefix="/executions", tags=["workflow executions"], responses=problem_responses(Forbidden))
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Retrying a start with the same key returns the first execution instead of a second one.",
+    ),
+]
+
+
+@router.post(
+    "",
+    status_code=201,
+    responses=problem_responses(DefinitionNotFound, InvalidInput, ServiceUnavailable),
+)
+async def start_execution(
+    data: ExecutionCreate,
+    user: Operator,
+    executions: ExecutionServiceDep,
+    version: ApiVersion,
+    idempotency_key: IdempotencyKey = None,
+) -> ExecutionPublicV2 | ExecutionPublic:
+    """Start an execution of a definition's current version."""
+    detail = await executions.start(user, data, idempotency_key)
+    return present_execution(detail.row, detail.tasks, version)
+
+
+@router.get("", responses=problem_responses(InvalidInput))
+async def list_executions(
+    user: Viewer,
+    executions: ExecutionServiceDep,
+    page: PaginationDep,
+    version: ApiVersion,
+    status: Annotated[ExecutionStatus | None, Query(description="Only executions in this status.")] = None,
+    workflow_definition_id: Annotated[
+        str | None, Query(alias="workflowDefinitionId", max_length=40, description="Only executions of this definition.")
+    ] = None,
+) -> list[ExecutionPublicV2 | ExecutionPublic] | Page[ExecutionPublicV2 | ExecutionPublic]:
+    """Executions, newest first (v1: an array; v2: a page envelope)."""
+    items, total = await executions.list(page.limit, page.offset, status, workflow_definition_id)
+    return page.present(version, [present_execution(d.row, d.tasks, version) for d in items], total)
+
+
+@router.get("/{execution_id}", responses=problem_responses(ExecutionNotFound))
+async def get_execution(
+    execution_id: str, user: Viewer, executions: ExecutionServiceDep, version: ApiVersion
+) -> ExecutionPublicV2 | ExecutionPublic:
+    """One execution with its task executions and context."""
+    detail = await executions.get(execution_id)
+    return present_execution(detail.row, detail.tasks, version)
+
+
+@router.post(
+    "/{execution_id}/cancel",
+    responses=problem_responses(ExecutionNotFound, ExecutionConflict, ServiceUnavailable),
+)
+async def cancel_execution(
+    execution_id: str, user: Operator, executions: ExecutionServiceDep, version: ApiVersion
+) -> ExecutionPublicV2 | ExecutionPublic:
+    """Cancel a running execution; answers with its cancelled state (409 once it has finished)."""
+    detail = await executions.cancel(user, execution_id)
+    return present_execution(detail.row, detail.tasks, version)
+
+
+@router.get("/{execution_id}/tasks", responses=problem_responses(ExecutionNotFound, InvalidInput))
+async def list_task_executions(
+    execution_id: str,
+    user: Viewer,
+    executions: ExecutionServiceDep,
+    page: PaginationDep,
+    version: ApiVersion,
+    status: Annotated[TaskStatus | None, Query(description="Only tasks in this status.")] = None,
+) -> list[TaskExecutionPublic] | Page[TaskExecutionPublic]:
+    """The execution's task executions, in the order they were first scheduled."""
+    rows, total = await executions.tasks(execution_id, page.limit, page.offset, status)
+    return page.present(version, [present_task(r) for r in rows], total)
+
+
+@router.get("/{execution_id}/progress", responses=problem_responses(ExecutionNotFound))
+async def get_progress(execution_id: str, user: Viewer, executions: ExecutionServiceDep) -> ProgressPublic:
+    """Completed and total tasks, estimated completion, blockers and milestones."""
+    progress = await executions.progress(execution_id)
+    return present_progress(progress.execution, progress.estimated_completion, progress.blockers, progress.milestones)

@@ -1,0 +1,637 @@
+"""The interpreter: one generic workflow that runs the DAG of any workflow definition.
+
+Every task becomes an activity (its type names the activity) scheduled as soon as its
+dependencies are done; `sleep` and `approval` tasks are handled here (a durable timer, an
+Update). Synchronization points are barriers with an optional deadline. Every state change
+is an event with a per-execution sequence number; the events of one workflow task are
+published in one batch by a local activity before anything else is scheduled.
+
+Deterministic: time, randomness and I/O only through Temporal's APIs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.constants import INSPECT_ACTIVITY, INTERPRETER_WORKFLOW, PUBLISH_ACTIVITY, activity_id
+    from workflows.inputs import (
+        Event,
+        EventBatch,
+        InspectRequest,
+        InspectResult,
+        InterpreterInput,
+        InterpreterResult,
+        SyncPointSpec,
+        TaskInput,
+        TaskOutcome,
+        TaskSpec,
+    )
+
+PENDING, RUNNING, WAITING, COMPLETED, FAILED, CANCELLED = (
+    "PENDING",
+    "RUNNING",
+    "WAITING",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+)
+#: Task types the workflow runs itself; every other type is an activity of that name.
+SLEEP, APPROVAL = "sleep", "approval"
+#: A worker answers NotFoundError for an activity type it does not have: never worth retrying.
+UNKNOWN_TYPE_ERROR = "NotFoundError"
+
+#: Publishing retries until the database answers; meanwhile the DAG waits.
+PUBLISH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
+PUBLISH_TIMEOUT = timedelta(seconds=10)
+INSPECT_TIMEOUT = timedelta(seconds=10)
+#: Longest gap between inspections of a long-running task.
+INSPECT_MAX_INTERVAL = 300.0
+
+
+@dataclass
+class _Task:
+    spec: TaskSpec
+    status: str = PENDING
+    #: Attempts of earlier schedulings (a retried task goes on counting).
+    attempts_before: int = 0
+    attempts: int = 0
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    error: str | None = None
+    resources: dict[str, Any] | None = None
+    runner: asyncio.Task[None] | None = None
+    decision: tuple[str, Any] | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "taskId": self.spec.id,
+            "status": self.status,
+            "startTime": self.started_at,
+            "endTime": self.ended_at,
+            "attempts": self.attempts,
+            "error": self.error,
+            "resources": self.resources,
+        }
+
+
+@dataclass
+class TaskDecision:
+    """An approval task's outcome, sent by the API."""
+
+    task_id: str
+    output: Any = None
+    reason: str | None = None
+
+
+@dataclass
+class _Blocker:
+    key: str
+    kind: str
+    description: str
+    task_id: str | None
+    created_at: datetime
+    resolved_at: datetime | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "description": self.description,
+            "taskId": self.task_id,
+            "createdAt": self.created_at,
+            "resolvedAt": self.resolved_at,
+        }
+
+
+@dataclass
+class _Inspection:
+    next_at: float
+    interval: float
+
+
+@workflow.defn(name=INTERPRETER_WORKFLOW)
+class InterpreterWorkflow:
+    """Runs one definition version's DAG. Updates: retry_task, complete_task, reject_task. Query: state.
+
+    Cancel it with Temporal's cancellation (the API does; so can the Web UI): running tasks are
+    cancelled and marked CANCELLED before the run closes as canceled.
+    """
+
+    @workflow.init
+    def __init__(self, input: InterpreterInput) -> None:
+        self.input = input
+        self.tasks = {spec.id: _Task(spec) for spec in input.tasks}
+        self.sync_points: dict[str, SyncPointSpec] = {p.id: p for p in input.sync_points}
+        self.reached: dict[str, datetime] = {}
+        self.missed: set[str] = set()
+        self.blockers: dict[str, _Blocker] = {}
+        self.context: dict[str, Any] = dict(input.context)
+        self.context_version = 1
+        self.seq = 0
+        self.flushed_seq = 0
+        self.pending: list[Event] = []
+        self.status = RUNNING
+        self.failure: str | None = None
+        self.changed = False
+        self.started_at = workflow.now()
+        self.timers: list[asyncio.Task[None]] = []
+        self.inspections: dict[str, _Inspection] = {}
+        resume = input.resume
+        if resume is not None:
+            self.started_at = resume.started_at
+            self.context = dict(resume.context)
+            self.context_version = resume.context_version
+            self.seq = self.flushed_seq = resume.last_seq
+            self.reached = {sid: resume.started_at for sid in resume.reached_sync_points}
+            for carried in resume.tasks:
+                task = self.tasks.get(carried.id)
+                if task is None:
+                    continue
+                task.attempts = task.attempts_before = carried.attempts
+                task.started_at, task.ended_at = carried.started_at, carried.ended_at
+                task.resources = carried.resources
+                if carried.status == COMPLETED or (carried.status == FAILED and carried.id != resume.retry_task_id):
+                    task.status, task.error = carried.status, carried.error
+                # Everything else (the retried task, tasks never run or cancelled) starts again.
+
+    # --- the run ---------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: InterpreterInput) -> InterpreterResult:
+        try:
+            self._begin()
+            while True:
+                self._advance()
+                await self._flush()
+                if self._settled():
+                    break
+                try:
+                    await workflow.wait_condition(lambda: self.changed, timeout=self._next_inspection_in())
+                except asyncio.TimeoutError:
+                    pass  # time to look at long-running tasks
+                self.changed = False
+                await self._inspect_if_due()
+        except asyncio.CancelledError:
+            await self._cancel_all("the execution was cancelled")
+            self._emit("workflow.execution.cancelled", self._execution_snapshot(CANCELLED))
+            self.status = CANCELLED
+            await self._flush()
+            raise
+        return await self._finish()
+
+    def _begin(self) -> None:
+        reopened = self.input.resume is not None
+        milestones = [
+            {"key": "initialization", "name": "Initialization", "description": "Workflow initialization"},
+            *(
+                {"key": f"sync:{p.id}", "name": p.name, "description": p.description or f"Synchronization point {p.id}"}
+                for p in self.input.sync_points
+            ),
+            {"key": "completion", "name": "Completion", "description": "All tasks completed"},
+        ]
+        self._emit(
+            "workflow.execution.started",
+            {
+                **self._execution_snapshot(RUNNING),
+                "reopened": reopened,
+                "milestones": milestones,
+                "totalTasks": len(self.tasks),
+                "workflowId": workflow.info().workflow_id,
+                "runId": workflow.info().run_id,
+            },
+        )
+        if not reopened:
+            self._milestone("initialization", "Initialization", "Workflow initialization", self.started_at)
+        for point in self.input.sync_points:
+            if point.timeout is not None and point.id not in self.reached:
+                self.timers.append(asyncio.create_task(self._sync_deadline(point)))
+
+    def _advance(self) -> None:
+        """Reach synchronization points whose tasks are done, then start every task that is ready."""
+        for point in self.sync_points.values():
+            if point.id in self.reached or point.id in self.missed:
+                continue
+            if all(self.tasks[t].status == COMPLETED for t in point.required_tasks):
+                now = workflow.now()
+                self.reached[point.id] = now
+                self._emit("synchronization.point.reached", {"syncPointId": point.id, "name": point.name, "at": now})
+                self._milestone(f"sync:{point.id}", point.name, point.description, now)
+        if self.failure is not None:
+            return
+        for task in self.tasks.values():
+            if task.status == PENDING and all(self._done(dep) for dep in task.spec.dependencies):
+                self._start(task)
+
+    def _done(self, node_id: str) -> bool:
+        task = self.tasks.get(node_id)
+        return task.status == COMPLETED if task is not None else node_id in self.reached
+
+    def _settled(self) -> bool:
+        """Nothing runs, nothing waits, nothing more can start."""
+        return not any(t.runner is not None for t in self.tasks.values())
+
+    async def _finish(self) -> InterpreterResult:
+        completed = sum(t.status == COMPLETED for t in self.tasks.values())
+        if completed == len(self.tasks) and self.failure is None:
+            self.status = COMPLETED
+            self._milestone("completion", "Completion", "All tasks completed", workflow.now())
+            self._emit("workflow.execution.completed", self._execution_snapshot(COMPLETED))
+        else:
+            self.status = FAILED
+            self.failure = self.failure or self._failure_summary()
+            self._emit("workflow.execution.failed", self._execution_snapshot(FAILED))
+        for timer in self.timers:
+            timer.cancel()
+        await self._flush()
+        # Updates in flight (a retry racing the end) get their answer before the run closes.
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if self.status == FAILED:
+            raise ApplicationError(self.failure or "the execution failed", type="ExecutionFailed", non_retryable=True)
+        return InterpreterResult(COMPLETED, self.context_version, completed, len(self.tasks))
+
+    def _failure_summary(self) -> str:
+        failed = [t.spec.id for t in self.tasks.values() if t.status == FAILED]
+        if failed:
+            return f"task{'s' if len(failed) > 1 else ''} {', '.join(failed)} failed"
+        return "tasks could not run"
+
+    # --- tasks ---------------------------------------------------------------------------
+
+    def _start(self, task: _Task) -> None:
+        task.status = WAITING if task.spec.type in (SLEEP, APPROVAL) else RUNNING
+        task.started_at, task.ended_at, task.error, task.decision = workflow.now(), None, None, None
+        task.attempts = task.attempts_before + 1
+        self._emit(
+            "task.execution.waiting" if task.status == WAITING else "task.execution.started",
+            self._task_event(task),
+        )
+        if task.spec.type == APPROVAL:
+            self._open_blocker(f"approval:{task.spec.id}", "approval", f"Task {task.spec.id} waits for approval", task.spec.id)
+        task.runner = asyncio.create_task(self._run_task(task))
+
+    async def _run_task(self, task: _Task) -> None:
+        try:
+            if task.spec.type == SLEEP:
+                result = await self._sleep(task)
+            elif task.spec.type == APPROVAL:
+                result = await self._approval(task)
+            else:
+                result = await self._activity(task)
+            self._completed(task, result)
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                self._cancelled(task)
+            else:
+                self._failed(task, *_describe_failure(err, task.spec))
+        except ApplicationError as err:
+            self._failed(task, err.message)
+        except asyncio.CancelledError:
+            self._cancelled(task)
+        finally:
+            task.runner = None
+            self.changed = True
+
+    async def _activity(self, task: _Task) -> Any:
+        spec, options = task.spec, self.input.options
+        retry = spec.retry
+        outcome: TaskOutcome = await workflow.execute_activity(
+            spec.type,
+            TaskInput(
+                execution_id=self.input.execution_id,
+                task_id=spec.id,
+                task_type=spec.type,
+                input=spec.input,
+                context=self.context,
+                requirements=spec.requirements,
+                queue=spec.queue,
+                max_result_bytes=options.max_result_bytes,
+            ),
+            task_queue=spec.queue,
+            # Readable in the Web UI, and how the inspection finds the task again.
+            activity_id=activity_id(spec.id, task.attempts_before),
+            result_type=TaskOutcome,
+            start_to_close_timeout=timedelta(seconds=spec.timeout or options.default_task_timeout),
+            heartbeat_timeout=timedelta(seconds=options.heartbeat_timeout),
+            retry_policy=RetryPolicy(
+                maximum_attempts=retry.maximum_attempts,
+                initial_interval=timedelta(seconds=retry.initial_interval),
+                backoff_coefficient=retry.backoff_coefficient,
+                maximum_interval=timedelta(seconds=retry.maximum_interval) if retry.maximum_interval else None,
+                non_retryable_error_types=[*retry.non_retryable_error_types, UNKNOWN_TYPE_ERROR],
+            ),
+            summary=f"{spec.id} ({spec.type})" + (f", retry {task.attempts_before}" if task.attempts_before else ""),
+        )
+        task.attempts = task.attempts_before + outcome.attempt
+        task.resources = _resources(spec, outcome.worker, outcome.queue)
+        return outcome.result
+
+    async def _sleep(self, task: _Task) -> Any:
+        seconds = (task.spec.input or {}).get("seconds")
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+            raise ApplicationError("a sleep task needs input.seconds, a number of seconds >= 0", non_retryable=True)
+        await workflow.sleep(seconds)
+        return {"sleptSeconds": seconds}
+
+    async def _approval(self, task: _Task) -> Any:
+        await workflow.wait_condition(lambda: task.decision is not None)
+        assert task.decision is not None
+        verdict, value = task.decision
+        self._resolve_blocker(f"approval:{task.spec.id}")
+        if verdict == "reject":
+            raise ApplicationError(f"rejected: {value}" if value else "rejected", non_retryable=True)
+        return value
+
+    def _completed(self, task: _Task, result: Any) -> None:
+        key = f"{task.spec.id}-result"
+        merged = {**self.context, key: result}
+        size = len(json.dumps(merged, separators=(",", ":"), default=str))
+        if size > self.input.options.max_context_bytes:
+            self._failed(
+                task,
+                f"the context would grow to {size} bytes with this task's result, over the limit of "
+                f"{self.input.options.max_context_bytes} bytes",
+            )
+            return
+        self.context = merged
+        self.context_version += 1
+        task.status, task.ended_at = COMPLETED, workflow.now()
+        self._emit(
+            "task.execution.completed",
+            {**self._task_event(task), "result": result, "contextKey": key, "contextVersion": self.context_version},
+        )
+        self._progress()
+
+    def _failed(self, task: _Task, message: str, resources: dict[str, Any] | None = None) -> None:
+        task.status, task.ended_at, task.error = FAILED, workflow.now(), message
+        if resources is not None:
+            task.resources = resources
+        self._emit("task.execution.failed", self._task_event(task))
+        self._open_blocker(f"task-failed:{task.spec.id}", "task_failed", f"Task {task.spec.id} failed: {message}", task.spec.id)
+
+    def _cancelled(self, task: _Task) -> None:
+        task.status, task.ended_at = CANCELLED, workflow.now()
+        self._emit("task.execution.cancelled", self._task_event(task))
+        self._resolve_blocker(f"approval:{task.spec.id}")
+        self._resolve_blocker(f"no-workers:{task.spec.id}")
+
+    async def _cancel_all(self, reason: str) -> None:
+        """Cancel every running task and wait until each has been marked."""
+        for timer in self.timers:
+            timer.cancel()
+        runners = [t.runner for t in self.tasks.values() if t.runner is not None]
+        for runner in runners:
+            runner.cancel(reason)
+        if runners:
+            await asyncio.wait(runners)
+
+    # --- synchronization points ----------------------------------------------------------
+
+    async def _sync_deadline(self, point: SyncPointSpec) -> None:
+        assert point.timeout is not None
+        remaining = point.timeout - (workflow.now() - self.started_at).total_seconds()
+        if remaining > 0:
+            try:
+                await workflow.wait_condition(lambda: point.id in self.reached, timeout=remaining)
+            except asyncio.TimeoutError:
+                pass  # the deadline passed
+        if point.id in self.reached or self.status != RUNNING:
+            return
+        self.missed.add(point.id)
+        message = f"synchronization point {point.id} was not reached within {_seconds(point.timeout)}s"
+        self.failure = message
+        self._emit("synchronization.point.failed", {"syncPointId": point.id, "name": point.name, "at": workflow.now(), "error": message})
+        self._open_blocker(f"sync-missed:{point.id}", "sync_point_missed", message, None)
+        await self._cancel_all(message)
+        self.changed = True
+
+    # --- updates (from the API) ----------------------------------------------------------
+
+    @workflow.update
+    async def retry_task(self, task_id: str) -> dict[str, Any]:
+        """Run a failed task again (and then what depends on it); attempts go on counting."""
+        task = self.tasks[task_id]
+        task.status, task.error, task.ended_at = PENDING, None, None
+        task.attempts_before = task.attempts
+        self._resolve_blocker(f"task-failed:{task_id}")
+        self._emit("task.execution.pending", self._task_event(task))
+        self.changed = True
+        await workflow.wait_condition(lambda: task.status != PENDING or self.status != RUNNING)
+        await self._published()
+        return task.snapshot()
+
+    @retry_task.validator
+    def _validate_retry(self, task_id: str) -> None:
+        task = self._task_or_reject(task_id)
+        if task.status != FAILED:
+            raise ApplicationError(f"task {task_id} is {task.status}, not FAILED", type="Conflict")
+
+    @workflow.update
+    async def task_state(self, task_id: str) -> dict[str, Any]:
+        """A task's state once it is scheduled (or settled) and published: a reopened run answers the retry with it."""
+        task = self.tasks[task_id]
+        await workflow.wait_condition(lambda: task.status != PENDING or self.status != RUNNING)
+        await self._published()
+        return task.snapshot()
+
+    @task_state.validator
+    def _validate_task_state(self, task_id: str) -> None:
+        if task_id not in self.tasks:
+            raise ApplicationError(f"no task {task_id}", type="NotFound")
+
+    @workflow.update
+    async def complete_task(self, decision: TaskDecision) -> dict[str, Any]:
+        """Approve a waiting approval task with an output (its result)."""
+        return await self._decide(decision, "complete", decision.output)
+
+    @complete_task.validator
+    def _validate_complete(self, decision: TaskDecision) -> None:
+        self._validate_decision(decision)
+
+    @workflow.update
+    async def reject_task(self, decision: TaskDecision) -> dict[str, Any]:
+        """Reject a waiting approval task: it fails (and can be retried)."""
+        return await self._decide(decision, "reject", decision.reason)
+
+    @reject_task.validator
+    def _validate_reject(self, decision: TaskDecision) -> None:
+        self._validate_decision(decision)
+
+    async def _decide(self, decision: TaskDecision, verdict: str, value: Any) -> dict[str, Any]:
+        task = self.tasks[decision.task_id]
+        task.decision = (verdict, value)
+        await workflow.wait_condition(lambda: task.status != WAITING)
+        await self._published()
+        return task.snapshot()
+
+    def _validate_decision(self, decision: TaskDecision) -> None:
+        task = self._task_or_reject(decision.task_id)
+        if task.spec.type != APPROVAL or task.status != WAITING or task.decision is not None:
+            raise ApplicationError(f"task {decision.task_id} is not waiting for approval", type="Conflict")
+
+    def _task_or_reject(self, task_id: str) -> _Task:
+        if self.status != RUNNING:
+            raise ApplicationError(f"the execution is {self.status}", type="Closed")
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise ApplicationError(f"no task {task_id}", type="NotFound")
+        return task
+
+    async def _published(self) -> None:
+        """Wait until everything emitted so far is in the read model."""
+        target = self.seq
+        await workflow.wait_condition(lambda: self.flushed_seq >= target)
+
+    @workflow.query
+    def state(self) -> dict[str, Any]:
+        """The live state, for operators (the API reads the read model)."""
+        return {
+            **self._execution_snapshot(self.status),
+            "tasks": [t.snapshot() for t in self.tasks.values()],
+            "blockers": [b.snapshot() for b in self.blockers.values()],
+            "reached": sorted(self.reached),
+            "lastSeq": self.seq,
+            "publishedSeq": self.flushed_seq,
+        }
+
+    # --- inspection of long-running tasks -------------------------------------------------
+
+    def _next_inspection_in(self) -> timedelta | None:
+        """Time until a running task is due for a look (no timer at all while nothing runs)."""
+        due = [i.next_at for i in self._inspections().values()]
+        if not due:
+            return None
+        return timedelta(seconds=max(0.0, min(due) - workflow.time()))
+
+    def _inspections(self) -> dict[str, _Inspection]:
+        running = [t.spec.id for t in self.tasks.values() if t.status == RUNNING and t.runner is not None]
+        first = self.input.options.inspect_after
+        now = workflow.time()
+        self.inspections = {tid: self.inspections.get(tid) or _Inspection(now + first, first) for tid in running}
+        return self.inspections
+
+    async def _inspect_if_due(self) -> None:
+        """Ask Temporal about tasks running long: not yet picked up by a worker (no worker polls
+        their queue: a blocker), retrying (attempts so far), where they run."""
+        now = workflow.time()
+        state = self._inspections()
+        if not any(i.next_at <= now for i in state.values()):
+            return
+        for inspection in state.values():
+            if inspection.next_at <= now:
+                inspection.interval = min(inspection.interval * 2, INSPECT_MAX_INTERVAL)
+                inspection.next_at = now + inspection.interval
+        info = workflow.info()
+        result: InspectResult = await workflow.execute_local_activity(
+            INSPECT_ACTIVITY,
+            InspectRequest(
+                workflow_id=info.workflow_id,
+                run_id=info.run_id,
+                task_queues={tid: self.tasks[tid].spec.queue for tid in state},
+            ),
+            result_type=InspectResult,
+            start_to_close_timeout=INSPECT_TIMEOUT,
+            retry_policy=RetryPolicy(maximum_attempts=2),
+        )
+        for seen in result.tasks:
+            task = self.tasks.get(seen.task_id)
+            if task is None or task.status != RUNNING:
+                continue
+            attempts = task.attempts_before + seen.attempt
+            if attempts != task.attempts or (seen.last_worker and task.resources is None):
+                task.attempts = attempts
+                if seen.last_worker:
+                    task.resources = _resources(task.spec, seen.last_worker, seen.queue)
+                self._emit("task.execution.started", self._task_event(task))
+            key = f"no-workers:{task.spec.id}"
+            if not seen.started and seen.queue_has_pollers is False:
+                self._open_blocker(key, "no_workers", f"No worker polls task queue {seen.queue!r} for task {task.spec.id}", task.spec.id)
+            elif seen.started or seen.queue_has_pollers:
+                self._resolve_blocker(key)
+        await self._flush()
+
+    # --- events --------------------------------------------------------------------------
+
+    def _emit(self, event_type: str, data: dict[str, Any]) -> None:
+        self.seq += 1
+        self.pending.append(Event(seq=self.seq, type=event_type, at=workflow.now(), data=data))
+
+    async def _flush(self) -> None:
+        while self.pending:
+            batch = list(self.pending)
+            info = workflow.info()
+            await workflow.execute_local_activity(
+                PUBLISH_ACTIVITY,
+                EventBatch(self.input.execution_id, info.workflow_id, info.run_id, batch),
+                start_to_close_timeout=PUBLISH_TIMEOUT,
+                retry_policy=PUBLISH_RETRY,
+            )
+            del self.pending[: len(batch)]
+            self.flushed_seq = batch[-1].seq
+
+    def _task_event(self, task: _Task) -> dict[str, Any]:
+        return {**task.snapshot(), "name": task.spec.name, "type": task.spec.type}
+
+    def _execution_snapshot(self, status: str) -> dict[str, Any]:
+        ended = status in (COMPLETED, FAILED, CANCELLED)
+        return {
+            "status": status,
+            "startTime": self.started_at,
+            "endTime": workflow.now() if ended else None,
+            "error": self.failure if status == FAILED else None,
+            "contextVersion": self.context_version,
+        }
+
+    def _progress(self) -> None:
+        completed = sum(t.status == COMPLETED for t in self.tasks.values())
+        self._emit("progress.updated", {"completedTasks": completed, "totalTasks": len(self.tasks)})
+
+    def _milestone(self, key: str, name: str, description: str | None, at: datetime) -> None:
+        self._emit("milestone.achieved", {"key": key, "name": name, "description": description, "achievedAt": at})
+
+    def _open_blocker(self, key: str, kind: str, description: str, task_id: str | None) -> None:
+        current = self.blockers.get(key)
+        if current is not None and current.resolved_at is None:
+            return
+        blocker = _Blocker(key, kind, description, task_id, workflow.now())
+        self.blockers[key] = blocker
+        self._emit("blocker.detected", blocker.snapshot())
+
+    def _resolve_blocker(self, key: str) -> None:
+        blocker = self.blockers.get(key)
+        if blocker is None or blocker.resolved_at is not None:
+            return
+        blocker.resolved_at = workflow.now()
+        self._emit("blocker.resolved", blocker.snapshot())
+
+
+def _resources(spec: TaskSpec, worker: str, queue: str) -> dict[str, Any]:
+    return {"worker": worker, "queue": queue, "requirements": spec.requirements}
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _describe_failure(err: ActivityError, spec: TaskSpec) -> tuple[str, dict[str, Any] | None]:
+    """A readable message for a task's last failure, and where it ran if the task said so."""
+    cause = err.cause
+    if isinstance(cause, TimeoutError):
+        return f"timed out ({cause.type.name.lower().replace('_', '-') if cause.type else 'timeout'})", None
+    if isinstance(cause, ApplicationError):
+        if cause.type == UNKNOWN_TYPE_ERROR:
+            return f"unknown task type {spec.type!r}: no worker on queue {spec.queue!r} runs it", None
+        where = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else None
+        resources = _resources(spec, where["worker"], where.get("queue", spec.queue)) if where and "worker" in where else None
+        prefix = f"{cause.type}: " if cause.type and cause.type not in ("Exception",) else ""
+        return prefix + cause.message, resources
+    return str(cause or err), None
+
