@@ -84,7 +84,9 @@ class Resources:
 class Capacity:
     """A worker-wide pool of cpu, memory and gpu, reserved FIFO by task activities."""
 
-    def __init__(self, cpu: float | None = None, memory: float | None = None, gpu: float | None = None) -> None:
+    def __init__(
+        self, cpu: float | None = None, memory: float | None = None, gpu: float | None = None
+    ) -> None:
         self.total = Resources(cpu, memory, gpu)
         self._used = {name: 0.0 for name in RESOURCES}
         self._waiters: deque[tuple[Resources, asyncio.Future[None]]] = deque()
@@ -187,7 +189,9 @@ _capacity = Capacity()
 _identity: str | None = None
 
 
-def configure_capacity(cpu: float | None = None, memory: float | None = None, gpu: float | None = None) -> Capacity:
+def configure_capacity(
+    cpu: float | None = None, memory: float | None = None, gpu: float | None = None
+) -> Capacity:
     """Set this worker's total capacity (None: unlimited); called once by worker.py before it polls."""
     global _capacity
     for name, value in (("cpu", cpu), ("memory", memory), ("gpu", gpu)):

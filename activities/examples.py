@@ -40,7 +40,9 @@ def sum_values(input: dict[str, Any], context: dict[str, Any]) -> dict[str, floa
     """Adds up `input.values` (numbers, or strings holding numbers); result `{"sum", "count"}`."""
     values = input.get("values")
     if not isinstance(values, list):
-        raise ApplicationError("sum needs input.values: a list of numbers", type="InvalidInput", non_retryable=True)
+        raise ApplicationError(
+            "sum needs input.values: a list of numbers", type="InvalidInput", non_retryable=True
+        )
     numbers: list[float | int] = []
     for position, value in enumerate(values):
         numbers.append(_number(value, position))

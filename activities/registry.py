@@ -33,6 +33,7 @@ import importlib
 import inspect
 import json
 import re
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import ModuleType
 from typing import Any, TypeVar
@@ -180,8 +181,11 @@ async def run_task(handler: TaskHandler, task: TaskInput) -> TaskOutcome:
         rendered = dataclasses.replace(task, input=render(task.input or {}, task.context))
         async with capacity().reserve(task.requirements):
             activity.logger.info(
-                "task %s (%s) of execution %s: attempt %d", task.task_id, info.activity_type,
-                task.execution_id, info.attempt,
+                "task %s (%s) of execution %s: attempt %d",
+                task.task_id,
+                info.activity_type,
+                task.execution_id,
+                info.attempt,
             )
             result = await call(handler, rendered)
         check_result_size(result, task.max_result_bytes)
@@ -191,8 +195,7 @@ async def run_task(handler: TaskHandler, task: TaskInput) -> TaskOutcome:
         raise
     except ApplicationError as err:
         raise _with_where(err, where) from err.__cause__
-    except Exception as err:
-        activity.logger.warning("task %s failed: %s: %s", task.task_id, type(err).__name__, err)
+    except Exception as err:  # the SDK logs the failure with its traceback
         raise ApplicationError(str(err) or type(err).__name__, where, type=type(err).__name__) from err
     finally:
         _current_task.reset(token)
@@ -203,12 +206,47 @@ async def run_task(handler: TaskHandler, task: TaskInput) -> TaskOutcome:
 
 async def call(fn: Callable[..., Any], *args: Any) -> Any:
     """Call a sync or async callable; sync ones run in a thread so the event loop (heartbeats) goes on."""
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
+    if inspect.iscoroutinefunction(fn):
         return await fn(*args)
-    result = await asyncio.to_thread(fn, *args)
-    if inspect.isawaitable(result):
+    result = await _in_daemon_thread(fn, *args)
+    if inspect.isawaitable(result):  # an object whose __call__ is async: its coroutine runs here
         return await result
     return result
+
+
+async def _in_daemon_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a blocking callable in its own daemon thread, with the caller's context variables.
+
+    Not `asyncio.to_thread`: a cancelled task returns at once either way, but a thread of the
+    default executor is joined at exit, so one stuck function would hang the worker's shutdown.
+    The function still runs to its end; it can poll `activity.is_cancelled()` to stop sooner.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # the task was cancelled meanwhile
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+    def target() -> None:
+        result, error = None, None
+        try:
+            result = context.run(fn, *args)
+        except Exception as err:  # noqa: BLE001 - handed to the awaiting task, which reports it
+            error = err
+        except BaseException as err:  # noqa: BLE001 - SystemExit and the like must not reach the loop as such
+            error = RuntimeError(f"{type(err).__name__}: {err}")
+        with contextlib.suppress(RuntimeError):  # the loop closed while the function ran
+            loop.call_soon_threadsafe(settle, result, error)
+
+    name = getattr(fn, "__name__", "function")
+    threading.Thread(target=target, name=f"wfo-task-{name}", daemon=True).start()
+    return await future
 
 
 def check_result_size(result: Any, limit: int) -> int:
@@ -284,4 +322,4 @@ def _check_name(name: str, kind: str) -> None:
 # The built-in types register themselves with `registry` on import; importing them here means any
 # user of the registry sees them, whichever module was imported first. Kept last: tasks.py imports
 # names defined above.
-import activities.tasks  # noqa: E402, F401
+import activities.tasks  # noqa: F401

@@ -85,7 +85,8 @@ async def http(task: TaskInput) -> dict[str, Any]:
         ) from None
     except httpx.TimeoutException as err:
         raise ApplicationError(
-            f"{method} {safe_url} timed out after {timeout:g} s ({type(err).__name__})", type=HTTP_NETWORK_ERROR
+            f"{method} {safe_url} timed out after {timeout:g} s ({type(err).__name__})",
+            type=HTTP_NETWORK_ERROR,
         ) from None
     except (httpx.InvalidURL, httpx.LocalProtocolError, httpx.UnsupportedProtocol, UnicodeEncodeError) as err:
         # Checked before TransportError, their base: the request itself is wrong, retrying cannot help.
@@ -94,7 +95,8 @@ async def http(task: TaskInput) -> dict[str, Any]:
         ) from None
     except httpx.TransportError as err:
         raise ApplicationError(
-            f"{method} {safe_url} failed: {type(err).__name__}: {err or 'no response'}", type=HTTP_NETWORK_ERROR
+            f"{method} {safe_url} failed: {type(err).__name__}: {err or 'no response'}",
+            type=HTTP_NETWORK_ERROR,
         ) from None
 
     status = response.status_code
@@ -126,10 +128,6 @@ async def python(task: TaskInput) -> Any:
             non_retryable=True,
         )
     return await call(fn, params, task.context)
-
-
-#: The built-in task activities. Deprecated: a worker registers `registry.task_activities()`.
-TASK_ACTIVITIES = [registry.activity(name) for name in ("noop", "http", "python")]
 
 
 # --- http helpers ------------------------------------------------------------------------------
@@ -189,7 +187,9 @@ def _expected_statuses(value: Any) -> set[int] | None:
     if value is None:
         return None
     values = value if isinstance(value, list) else [value]
-    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599 for v in values):
+    if not values or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599 for v in values
+    ):
         raise _invalid(f"input.expectStatus must be an HTTP status or a list of them, not {value!r}")
     return set(values)
 

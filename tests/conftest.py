@@ -28,6 +28,7 @@ from activities.registry import load_modules
 
 from api.app import create_app
 from api.settings import Settings
+from tests.loopback import loopback  # noqa: F401  (a real HTTP server on loopback, for any test)
 from workflows.constants import SEARCH_ATTRIBUTES
 
 ADMIN_PASSWORD = "admin-password-for-tests"

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -180,7 +180,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
         )
         owner._record(request)
         route = owner._find(request.method, request.path)
-        reply = route.next_reply(request) if route else Reply(404, json={"error": f"no route for {request.path}"})
+        reply = (
+            route.next_reply(request) if route else Reply(404, json={"error": f"no route for {request.path}"})
+        )
         if reply.delay and owner._stopping.wait(reply.delay):
             self.close_connection = True
             return
@@ -214,12 +216,14 @@ class LoopbackServer:
 
     # --- lifecycle ---
 
-    def start(self) -> LoopbackServer:
+    def start(self) -> Self:
         """Listen on a port the OS picks and serve in a daemon thread."""
         server = _Server((self.host, 0), _RequestHandler)
         server.owner = self
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -237,7 +241,7 @@ class LoopbackServer:
             self._thread.join(timeout=5)
         self._server = None
 
-    def __enter__(self) -> LoopbackServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -301,7 +305,9 @@ class LoopbackServer:
     def requests_to(self, path: str, method: str | None = None) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == path and (method is None or r.method == method.upper())]
 
-    def wait_for_requests(self, count: int, path: str | None = None, timeout: float = 5.0) -> list[RecordedRequest]:
+    def wait_for_requests(
+        self, count: int, path: str | None = None, timeout: float = 5.0
+    ) -> list[RecordedRequest]:
         """Block until `count` requests (to `path`, if given) arrived; AssertionError after `timeout`."""
 
         def matching() -> list[RecordedRequest]:
@@ -309,7 +315,9 @@ class LoopbackServer:
 
         with self._received:
             if not self._received.wait_for(lambda: len(matching()) >= count, timeout):
-                raise AssertionError(f"expected {count} requests to {path or 'any path'}, got {len(matching())}")
+                raise AssertionError(
+                    f"expected {count} requests to {path or 'any path'}, got {len(matching())}"
+                )
             return matching()
 
     async def wait_for_requests_async(

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-import activities.examples  # noqa: F401  (registers word_count and sum)
+import activities.examples  # registers word_count and sum
 from activities import registry as registry_module
 from activities.capacity import Capacity, Resources, capacity, configure_capacity, configure_worker
 from activities.registry import (
@@ -28,7 +30,7 @@ from activities.registry import (
 )
 from activities.templating import references, render, resolve
 from tests.conftest import free_port
-from tests.loopback import LoopbackServer, Reply, echo, loopback  # noqa: F401  (fixture)
+from tests.loopback import LoopbackServer, Reply, echo
 from workflows.inputs import TaskInput, TaskOutcome
 
 WORKER = "test-worker@loopback"
@@ -105,11 +107,19 @@ async def gate(input: dict[str, Any], context: dict[str, Any]) -> str:
 
 
 def make_task(task_type: str = "noop", input: dict[str, Any] | None = None, **fields: Any) -> TaskInput:
-    return TaskInput(execution_id="exec-1", task_id=fields.pop("task_id", "task-1"), task_type=task_type,
-                     input=input, queue=QUEUE, **fields)
+    return TaskInput(
+        execution_id="exec-1",
+        task_id=fields.pop("task_id", "task-1"),
+        task_type=task_type,
+        input=input,
+        queue=QUEUE,
+        **fields,
+    )
 
 
-def environment(activity_type: str = "noop", attempt: int = 1, heartbeat_timeout: float | None = None) -> ActivityEnvironment:
+def environment(
+    activity_type: str = "noop", attempt: int = 1, heartbeat_timeout: float | None = None
+) -> ActivityEnvironment:
     env = ActivityEnvironment()
     env.info = dataclasses.replace(
         env.info,
@@ -142,6 +152,8 @@ def python_task(function: str, context: dict[str, Any] | None = None, **input: A
     return make_task("python", {"function": function, **input}, context=context or {})
 
 
+
+
 @pytest.fixture(autouse=True)
 def worker_settings() -> Iterator[None]:
     """A known worker identity, and unlimited capacity again after each test."""
@@ -172,6 +184,16 @@ class TestHeartbeats:
         assert outcome.result == "task-9"  # current_task() works in the function's thread
         assert len(beats) >= 4  # the event loop kept beating while the thread blocked
         assert set(map(str, beats)) == {str(({"attempt": 2},))}
+
+    async def test_cancelling_a_blocked_sync_function_returns_at_once(self) -> None:
+        env = environment("python")
+        running = asyncio.create_task(run(python_task("tests.blocking_sleep", seconds=1.0), env))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        env.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        assert time.monotonic() - started < 0.5  # its daemon thread finishes alone, holding up nothing
 
     async def test_interval_is_a_third_of_a_short_heartbeat_timeout(self) -> None:
         beats: list[float] = []
@@ -213,8 +235,12 @@ class TestHttpTask:
         loopback.route("/orders", method="POST", handler=echo)
         body = {"sku": "A-1", "qty": 2, "gift": None}
         outcome = await run(
-            http_task(loopback.url_for("/orders"), method="post", body=body,
-                      headers={"Authorization": "Bearer t0ken", "X-Count": 3})
+            http_task(
+                loopback.url_for("/orders"),
+                method="post",
+                body=body,
+                headers={"Authorization": "Bearer t0ken", "X-Count": 3},
+            )
         )
         echoed = outcome.result["body"]
         assert echoed["method"] == "POST" and echoed["body"] == body
@@ -310,7 +336,11 @@ class TestHttpTask:
             {
                 "url": loopback.url + "/users/${task-1-result.body.id}/notes",
                 "method": "POST",
-                "body": {"id": "${task-1-result.body.id}", "note": "for ${user}", "tag": "${task-1-result.body.tags.1}"},
+                "body": {
+                    "id": "${task-1-result.body.id}",
+                    "note": "for ${user}",
+                    "tag": "${task-1-result.body.tags.1}",
+                },
             },
             context=context,
         )
@@ -332,8 +362,14 @@ class TestHttpTask:
 
     @pytest.mark.parametrize(
         "input",
-        [{"method": "G E T"}, {"headers": ["a"]}, {"expectStatus": "200"}, {"expectStatus": [99]},
-         {"timeoutSeconds": 0}, {"responseHeaders": "etag"}],
+        [
+            {"method": "G E T"},
+            {"headers": ["a"]},
+            {"expectStatus": "200"},
+            {"expectStatus": [99]},
+            {"timeoutSeconds": 0},
+            {"responseHeaders": "etag"},
+        ],
     )
     async def test_bad_input_is_not_retryable(self, loopback: LoopbackServer, input: dict[str, Any]) -> None:
         error = await fail(http_task(loopback.url_for("/any"), **input))
@@ -353,7 +389,10 @@ class TestPythonTask:
     async def test_sync_function_gets_input_and_context(self) -> None:
         task = python_task("tests.echo_sync", context={"who": "ann"}, args={"n": 1}, greeting="hi ${who}")
         outcome = await run(task)
-        assert outcome.result == {"input": {"args": {"n": 1}, "greeting": "hi ann"}, "context": {"who": "ann"}}
+        assert outcome.result == {
+            "input": {"args": {"n": 1}, "greeting": "hi ann"},
+            "context": {"who": "ann"},
+        }
 
     async def test_async_function(self) -> None:
         outcome = await run(python_task("tests.echo_async", args=[1, 2]))
@@ -424,7 +463,9 @@ class TestResultSize:
 
 def gated_task(name: str, **requirements: float) -> TaskInput:
     GATES[name] = asyncio.Event()
-    return make_task("python", {"function": "tests.gate", "name": name}, requirements=requirements, task_id=name)
+    return make_task(
+        "python", {"function": "tests.gate", "name": name}, requirements=requirements, task_id=name
+    )
 
 
 async def until(condition: Any, timeout: float = 2.0) -> None:
@@ -500,7 +541,9 @@ class TestCapacity:
         assert STARTED == []
 
     async def test_unlimited_by_default(self) -> None:
-        task = dataclasses.replace(python_task("tests.echo_sync"), requirements={"cpu": 512, "gpu": 64, "queue": "q"})
+        task = dataclasses.replace(
+            python_task("tests.echo_sync"), requirements={"cpu": 512, "gpu": 64, "queue": "q"}
+        )
         assert (await run(task)).result["input"] == {}
 
     def test_requirements_must_be_numbers(self) -> None:
@@ -538,7 +581,9 @@ class TestRegistry:
         assert outcome == TaskOutcome({"width": 640, "of": "task-2"}, WORKER, 2, QUEUE)
 
         with pytest.raises(ApplicationError) as caught:
-            await environment("resize-image").run(custom.activity("resize-image"), make_task("resize-image", {"width": -1}))
+            await environment("resize-image").run(
+                custom.activity("resize-image"), make_task("resize-image", {"width": -1})
+            )
         assert caught.value.type == "ArithmeticError" and set(caught.value.details[0]) == WHERE_KEYS
 
     def test_a_name_is_registered_once(self) -> None:
@@ -580,6 +625,44 @@ class TestRegistry:
         assert load_modules(["activities.examples", " "]) == [activities.examples]
         with pytest.raises(ModuleNotFoundError):
             load_modules(["activities.no_such_module"])
+
+
+# --- the loopback server itself ---------------------------------------------------------------------
+
+
+class TestLoopbackServer:
+    async def test_scripted_sequences_methods_and_the_request_log(self, loopback: LoopbackServer) -> None:
+        loopback.route("/flaky", status=[500, 502, 200], json={"ok": True})
+        loopback.route("/thing", method="DELETE", status=204)
+        loopback.route("/seq", replies=[Reply(201, text="made"), Reply(409, json={"error": "exists"})])
+        async with httpx.AsyncClient(base_url=loopback.url) as client:
+            assert [(await client.get("/flaky")).status_code for _ in range(4)] == [500, 502, 200, 200]
+            assert (await client.delete("/thing")).status_code == 204
+            assert (await client.get("/thing")).status_code == 404  # routed for DELETE only
+            assert (await client.post("/seq")).text == "made"
+            assert (await client.post("/seq")).json() == {"error": "exists"}
+
+            async def chunks() -> Any:
+                yield b"hello "
+                yield b"world"
+
+            await client.post("/upload?x=1", content=chunks())
+        upload = loopback.requests_to("/upload", "POST")[0]
+        assert upload.body == b"hello world" and upload.query == {"x": ["1"]}
+        assert len(await loopback.wait_for_requests_async(4, "/flaky", timeout=1)) == 4
+        with pytest.raises(AssertionError):
+            loopback.wait_for_requests(1, "/never", timeout=0.05)
+        loopback.reset()
+        assert loopback.requests == []
+
+    def test_stopping_wakes_a_delayed_reply(self) -> None:
+        server = LoopbackServer().start()
+        server.route("/slow", delay=30)
+        started = time.monotonic()
+        with pytest.raises(httpx.HTTPError), httpx.Client(timeout=5) as client:
+            threading.Timer(0.2, server.stop).start()
+            client.get(server.url_for("/slow"))
+        assert time.monotonic() - started < 3
 
 
 # --- templating ---------------------------------------------------------------------------------
@@ -634,7 +717,12 @@ class TestTemplating:
         assert render(text, CONTEXT) == expected
 
     def test_renders_nested_values_and_keeps_keys(self) -> None:
-        value = {"${user}": ["${task-1-result.body.id}", {"deep": "x-${user}"}], "n": 1.5, "b": False, "z": None}
+        value = {
+            "${user}": ["${task-1-result.body.id}", {"deep": "x-${user}"}],
+            "n": 1.5,
+            "b": False,
+            "z": None,
+        }
         assert render(value, CONTEXT) == {"${user}": [42, {"deep": "x-ann"}], "n": 1.5, "b": False, "z": None}
 
     @pytest.mark.parametrize(

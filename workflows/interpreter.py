@@ -211,6 +211,11 @@ class InterpreterWorkflow:
         )
         if not reopened:
             self._milestone("initialization", "Initialization", "Workflow initialization", self.started_at)
+        elif self.input.resume and self.input.resume.retry_task_id in self.tasks:
+            # The failed run's blocker for this task ends here; the task waits to run again.
+            retried = self.tasks[self.input.resume.retry_task_id]
+            self._emit("blocker.resolved", {"key": f"task-failed:{retried.spec.id}", "resolvedAt": workflow.now()})
+            self._emit("task.execution.pending", self._task_event(retried))
         for point in self.input.sync_points:
             if point.timeout is not None and point.id not in self.reached:
                 self.timers.append(asyncio.create_task(self._sync_deadline(point)))
@@ -364,6 +369,7 @@ class InterpreterWorkflow:
         self.context = merged
         self.context_version += 1
         task.status, task.ended_at = COMPLETED, workflow.now()
+        self._resolve_blocker(f"no-workers:{task.spec.id}")
         self._emit(
             "task.execution.completed",
             {**self._task_event(task), "result": result, "contextKey": key, "contextVersion": self.context_version},
@@ -375,6 +381,7 @@ class InterpreterWorkflow:
         if resources is not None:
             task.resources = resources
         self._emit("task.execution.failed", self._task_event(task))
+        self._resolve_blocker(f"no-workers:{task.spec.id}")
         self._open_blocker(f"task-failed:{task.spec.id}", "task_failed", f"Task {task.spec.id} failed: {message}", task.spec.id)
 
     def _cancelled(self, task: _Task) -> None:
@@ -390,8 +397,7 @@ class InterpreterWorkflow:
         runners = [t.runner for t in self.tasks.values() if t.runner is not None]
         for runner in runners:
             runner.cancel(reason)
-        if runners:
-            await asyncio.wait(runners)
+        await asyncio.gather(*runners, return_exceptions=True)
 
     # --- synchronization points ----------------------------------------------------------
 

@@ -297,7 +297,7 @@ class ExecutionService:
             ),
             resume=resume,
         )
-        size = len(json.dumps(payload, default=lambda o: o.__dict__, separators=(",", ":")).encode())
+        size = self.temporal.data_converter.payload_converter.to_payloads([payload])[0].ByteSize()
         if size > MAX_INPUT_BYTES:
             raise InvalidInput(
                 f"The definition and context take {size} bytes, more than one execution can carry ({MAX_INPUT_BYTES}).",
