@@ -116,6 +116,17 @@ async def session_scope(sessions: SessionFactory) -> AsyncIterator[AsyncSession]
         yield session
 
 
+async def serialize_writes(session: AsyncSession) -> None:
+    """Make this transaction's reads safe to act on: on SQLite, take the database's write lock now.
+
+    SQLite has no row locks and runs reads outside the transaction until its first write; a
+    no-op write first makes every later read see the state this transaction will change, so
+    check-then-write code cannot interleave. PostgreSQL callers use SELECT ... FOR UPDATE.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        await session.exec(sa.text("UPDATE alembic_version SET version_num = version_num"))  # type: ignore[call-overload]
+
+
 @contextlib.contextmanager
 def _migration_lock(engine: Engine) -> Iterator[sa.Connection | None]:
     """Only one process migrates at a time: several API replicas and workers may start together."""

@@ -7,6 +7,7 @@ which keep the names Temporal's own tools use.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from workflows.constants import DEFAULT_TASK_QUEUE, SYSTEM_TASK_QUEUE
 
 MIN_JWT_SECRET_BYTES = 32
+MIN_ADMIN_PASSWORD_CHARS = 12
+USERNAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}"
 
 
 class InsecureSettings(ValueError):
@@ -94,10 +97,13 @@ class Settings(BaseSettings):
         return origins
 
     def check_api_secrets(self) -> None:
-        """The API refuses to start outside dev mode without a strong token key.
-
-        Only the API signs tokens: workers (which never see a token) don't need the secret.
+        """The API refuses to start with an unusable first admin, or outside dev mode without a
+        strong token key. Only the API uses these: workers never see a token or a user.
         """
+        if self.admin_password is not None and len(self.admin_password.get_secret_value()) < MIN_ADMIN_PASSWORD_CHARS:
+            raise InsecureSettings(f"WFO_ADMIN_PASSWORD must be at least {MIN_ADMIN_PASSWORD_CHARS} characters")
+        if not re.fullmatch(USERNAME_PATTERN, self.admin_username):
+            raise InsecureSettings("WFO_ADMIN_USERNAME must be 1-64 letters, digits or _ . @ + - (starting with a letter or digit)")
         if self.dev_mode:
             return
         secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""

@@ -338,3 +338,82 @@ async def wait_worker_polling(
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"{identity} does not poll {queue} after {timeout}s; {process.describe()}")
+
+
+# --- driving the API over HTTP ----------------------------------------------------------------
+
+FINISHED = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+class ApiClient:
+    """The REST calls these tests make, on any httpx client (a subprocess's URL or ASGITransport).
+
+    Reads use v2 (context.data as an object, the failure reason)."""
+
+    def __init__(self, http: httpx.AsyncClient, headers: dict[str, str]) -> None:
+        self.http = http
+        self.headers = headers
+
+    @classmethod
+    async def login(cls, http: httpx.AsyncClient, username: str, password: str) -> ApiClient:
+        response = await http.post("/api/auth/login", json={"username": username, "password": password})
+        assert response.status_code == 200, response.text
+        return cls(http, {"Authorization": f"Bearer {response.json()['accessToken']}"})
+
+    async def define(self, name: str, tasks: list[dict[str, Any]], sync_points: list[dict[str, Any]] | None = None) -> str:
+        """Store a definition; returns its id."""
+        body = {"name": name, "tasks": tasks, "synchronizationPoints": sync_points or []}
+        response = await self.http.post("/api/workflows", json=body, headers=self.headers)
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    async def start(self, definition_id: str, context: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"workflowDefinitionId": definition_id, "initialContext": context or {}}
+        response = await self.http.post("/api/v2/executions", json=body, headers=self.headers)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    async def execution(self, execution_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/api/v2/executions/{execution_id}", headers=self.headers)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def progress(self, execution_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/api/executions/{execution_id}/progress", headers=self.headers)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def cancel(self, execution_id: str) -> httpx.Response:
+        return await self.http.post(f"/api/v2/executions/{execution_id}/cancel", headers=self.headers)
+
+    async def wait_for(
+        self, execution_id: str, predicate: Any, what: str, timeout: float = 60.0, interval: float = 0.1
+    ) -> dict[str, Any]:
+        """Poll the execution until `predicate(body)` holds."""
+        deadline = time.monotonic() + timeout
+        body: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            body = await self.execution(execution_id)
+            if predicate(body):
+                return body
+            await asyncio.sleep(interval)
+        raise AssertionError(f"execution {execution_id}: {what} not seen within {timeout}s; last: {json.dumps(body)}")
+
+    async def wait_status(
+        self, execution_id: str, statuses: Sequence[str] = FINISHED, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        return await self.wait_for(execution_id, lambda b: b["status"] in statuses, f"status in {statuses}", timeout)
+
+    async def wait_task(self, execution_id: str, task_id: str, statuses: Sequence[str], timeout: float = 60.0) -> dict[str, Any]:
+        """Poll until the task is in one of `statuses`; returns the execution."""
+        return await self.wait_for(
+            execution_id,
+            lambda b: (task_of(b, task_id) or {}).get("status") in statuses,
+            f"task {task_id} in {statuses}",
+            timeout,
+        )
+
+
+def task_of(execution: dict[str, Any], task_id: str) -> dict[str, Any] | None:
+    """The task execution of definition task `task_id` in an execution body, if it has one."""
+    return next((t for t in execution["taskExecutions"] if t["taskDefinitionId"] == task_id), None)

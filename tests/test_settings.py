@@ -146,13 +146,6 @@ class TestProductionStart:
         assert_refused(result, "cors_origins", "WFO_CORS_ORIGINS")
 
     @pytest.mark.slow
-    @pytest.mark.xfail(
-        reason="api/settings.py validates neither WFO_ADMIN_PASSWORD (min 12) nor WFO_ADMIN_USERNAME; "
-        "api/app.py lifespan -> UserService.ensure_admin -> UserCreate.model_validate raises a pydantic "
-        "ValidationError after the migrations ran: uvicorn prints a traceback (for a short password its "
-        "input_value is the password itself) and exits 3",
-        strict=True,
-    )
     @pytest.mark.parametrize(
         ("variables", "name"),
         [

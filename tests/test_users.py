@@ -654,3 +654,27 @@ def json_values(body: Any) -> list[str]:
     if isinstance(body, list):
         return [v for item in body for v in json_values(item)]
     return [body] if isinstance(body, str) else []
+
+
+class TestLastAdminUnderConcurrency:
+    async def test_two_admins_demoting_each_other_at_once_leave_one_admin(self, client: httpx.AsyncClient, admin):
+        import asyncio
+
+        created = await client.post(
+            "/api/users", json={"username": "second", "password": "second-password-1", "role": "admin"}, headers=admin
+        )
+        second = await login(client, "second", "second-password-1")
+        me = (await client.get("/api/auth/me", headers=admin)).json()
+        results = await asyncio.gather(
+            client.patch(f"/api/users/{created.json()['id']}", json={"role": "viewer"}, headers=admin),
+            client.patch(f"/api/users/{me['id']}", json={"role": "viewer"}, headers=second),
+        )
+        statuses = sorted(r.status_code for r in results)
+        assert statuses in ([200, 409], [200, 401]), [r.text for r in results]
+        users = (await client.post("/api/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})).json()
+        fresh = {"Authorization": f"Bearer {users['accessToken']}"}
+        second_fresh = await login(client, "second", "second-password-1")
+        roles = []
+        for headers in (fresh, second_fresh):
+            roles.append((await client.get("/api/auth/me", headers=headers)).json()["role"])
+        assert roles.count("admin") == 1, roles

@@ -13,6 +13,7 @@ from sqlmodel import Field as Column_
 
 from api.db import UTCDateTime, utcnow
 from api.models.base import ApiModel, RequestModel, Timestamp
+from api.settings import MIN_ADMIN_PASSWORD_CHARS, USERNAME_PATTERN
 
 
 class Role(StrEnum):
@@ -59,11 +60,14 @@ class LoginFailureRow(SQLModel, table=True):
 
 Username = Annotated[
     str,
-    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$"),
+    StringConstraints(pattern=f"^{USERNAME_PATTERN}$"),
     Field(description="1-64 letters, digits or `_ . @ + -`; case-insensitive."),
 ]
 #: argon2 has no 72-byte limit (bcrypt has); the cap only bounds the hashing work.
-NewPassword = Annotated[SecretStr, Field(min_length=12, max_length=1024, description="At least 12 characters.")]
+NewPassword = Annotated[
+    SecretStr,
+    Field(min_length=MIN_ADMIN_PASSWORD_CHARS, max_length=1024, description=f"At least {MIN_ADMIN_PASSWORD_CHARS} characters."),
+]
 
 
 class LoginRequest(RequestModel):

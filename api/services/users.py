@@ -14,7 +14,7 @@ from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api import security
-from api.db import UTCDateTime, utcnow
+from api.db import UTCDateTime, serialize_writes, utcnow
 from api.errors import Conflict, Forbidden, InvalidCredentials, TooManyRequests, Unauthenticated, UserNotFound
 from api.models.users import (
     LoginFailureRow,
@@ -223,17 +223,18 @@ class UserService:
         row.updated_at = utcnow()
 
     async def _keep_an_admin(self, leaving: UserRow) -> None:
-        others = (
-            await self.session.exec(
-                select(func.count())
-                .select_from(UserRow)
-                .where(UserRow.role == Role.ADMIN.value, col(UserRow.active).is_(True), UserRow.id != leaving.id)
-            )
-        ).one()
-        if others == 0:
+        # Lock every active admin: two admins demoting each other at once must not both succeed.
+        admins = await self.session.exec(
+            select(UserRow.id)
+            .where(UserRow.role == Role.ADMIN.value, col(UserRow.active).is_(True))
+            .with_for_update()
+        )
+        if not [admin_id for admin_id in admins if admin_id != leaving.id]:
             raise Conflict("This is the last active admin; make another user admin first.")
 
     async def _row(self, user_id: str, *, for_update: bool = False) -> UserRow:
+        if for_update:
+            await serialize_writes(self.session)
         key = parse_id(user_id)
         row = await self.session.get(UserRow, key, with_for_update=for_update) if key is not None else None
         if row is None:
