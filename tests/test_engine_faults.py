@@ -421,10 +421,13 @@ def database_unavailable(database_url: str) -> Iterator[None]:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
 
 
-#: The SDK completes a workflow task whose local activity runs on (a heartbeat) after 80 % of the
-#: workflow task timeout (10 s): an outage shorter than that holds everything in one workflow task.
+#: The SDK completes a workflow task whose local activity runs on (a workflow task heartbeat) every
+#: 8 s, 80 % of the workflow task timeout. A short outage holds everything in one workflow task; a
+#: long one outlasts two heartbeats, so the first dispatches the next task and the second delivers its
+#: completion to the workflow while the publish still retries (its attempts come 0.2, 0.6, 1.4, 3, 6.2,
+#: 12.6 and 22.6 s after the first).
 SHORT_OUTAGE_SECONDS = 4
-LONG_OUTAGE_SECONDS = 12
+LONG_OUTAGE_SECONDS = 16
 
 OUTAGE_TASKS = [
     {"id": "nap", "name": "nap", "type": "sleep", "input": {"seconds": 1}},
@@ -498,7 +501,7 @@ class TestDatabaseDown:
     @pytest.mark.xfail(
         strict=True,
         reason="workflows/interpreter.py run(): a task that completes while _flush() waits for the database "
-        "(possible once the SDK heartbeats the workflow task, after 8 s) ends the loop through _settled() "
+        "(delivered once the SDK heartbeats the workflow task, every 8 s) ends the loop through _settled() "
         "before _advance() starts its dependents: the execution FAILS with 'tasks could not run'",
     )
     @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -515,7 +518,7 @@ class TestDatabaseDown:
             final = await api.wait_status(execution["id"], timeout=60)
             handle = temporal_env.client.get_workflow_handle(workflow_id(settings.workflow_id_prefix, definition, execution["id"]))
             for e in (await handle.fetch_history()).events:
-                print("DEBUGEV", e.event_id, EventType.Name(e.event_type), e.event_time.ToDatetime().time(), str(e.activity_task_scheduled_event_attributes.activity_id) if e.HasField("activity_task_scheduled_event_attributes") else "", e.marker_recorded_event_attributes.details["data"].payloads[0].data[:40] if e.HasField("marker_recorded_event_attributes") else "")
+                print("DEBUGEV", e.event_id, EventType.Name(e.event_type), e.event_time.ToDatetime().time(), str(e.activity_task_scheduled_event_attributes.activity_id) if e.HasField("activity_task_scheduled_event_attributes") else "", e.marker_recorded_event_attributes.details["data"].payloads[0].data[:40] if e.HasField("marker_recorded_event_attributes") else "")  # DEBUG
 
         assert final["status"] == "COMPLETED", (final["error"], final["taskExecutions"])
         assert [t["status"] for t in final["taskExecutions"]] == ["COMPLETED"] * 3

@@ -500,3 +500,23 @@ class TestLargeValues:
 
 async def test_everything_runs_on_the_dev_server(temporal_env: WorkflowEnvironment):
     assert temporal_env.supports_time_skipping is False
+
+
+class TestContextLimit:
+    @pytest.fixture
+    def settings(self, engine_settings):
+        return engine_settings.model_copy(update={"max_context_bytes": 2048})
+
+    async def test_a_result_that_would_overgrow_the_context_fails_its_task(self, client, operator, worker, loopback):
+        loopback.route("/chunk", text="y" * 800)
+        tasks = [
+            {"id": f"c{i}", "name": f"c{i}", "type": "http", "input": {"url": loopback.url_for("/chunk"), "responseHeaders": []},
+             "dependencies": [f"c{i - 1}"] if i else []}
+            for i in range(3)
+        ]
+        execution = await start(client, operator, await define(client, operator, tasks))
+        final = await finished(client, operator, execution["id"])
+        assert [task(final, f"c{i}")["status"] for i in range(3)] == ["COMPLETED", "COMPLETED", "FAILED"]
+        assert "over the limit of 2048 bytes" in task(final, "c2")["error"]
+        assert len(json.dumps(final["context"]["data"], separators=(",", ":"))) <= 2048
+        assert set(final["context"]["data"]) == {"c0-result", "c1-result"}

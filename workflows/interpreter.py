@@ -22,6 +22,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.templating import references
     from workflows.constants import INSPECT_ACTIVITY, INTERPRETER_WORKFLOW, PUBLISH_ACTIVITY, activity_id
     from workflows.inputs import (
         Event,
@@ -46,6 +47,10 @@ PENDING, RUNNING, WAITING, COMPLETED, FAILED, CANCELLED = (
 )
 #: Task types the workflow runs itself; every other type is an activity of that name.
 SLEEP, APPROVAL = "sleep", "approval"
+#: Built-in types that use the context only through `${...}` references in their input: they are
+#: sent just the context keys they reference, which keeps wide DAGs' histories small. Python
+#: functions and custom types get the whole context.
+CONTEXT_BY_REFERENCE = frozenset({"noop", "http"})
 #: A worker answers NotFoundError for an activity type it does not have: never worth retrying.
 UNKNOWN_TYPE_ERROR = "NotFoundError"
 
@@ -136,6 +141,7 @@ class InterpreterWorkflow:
         self.blockers: dict[str, _Blocker] = {}
         self.context: dict[str, Any] = dict(input.context)
         self.context_version = 1
+        self.references: dict[str, list[str]] = {}
         self.seq = 0
         self.flushed_seq = 0
         self.pending: list[Event] = []
@@ -145,6 +151,21 @@ class InterpreterWorkflow:
         self.started_at = workflow.now()
         self.timers: list[asyncio.Task[None]] = []
         self.inspections: dict[str, _Inspection] = {}
+        # Incremental bookkeeping, so a completion costs its out-degree, not the DAG's size.
+        self.order = {spec.id: index for index, spec in enumerate(input.tasks)}
+        self.dependents: dict[str, list[str]] = {}  # node -> tasks that depend on it
+        self.gates: dict[str, list[str]] = {}  # task -> synchronization points that require it
+        for spec in input.tasks:
+            for dep in spec.dependencies:
+                self.dependents.setdefault(dep, []).append(spec.id)
+        for point in input.sync_points:
+            for required in point.required_tasks:
+                self.gates.setdefault(required, []).append(point.id)
+        self.unmet = {spec.id: len(set(spec.dependencies)) for spec in input.tasks}
+        self.sync_unmet = {point.id: len(set(point.required_tasks)) for point in input.sync_points}
+        self.ready: set[str] = set()
+        self.running: dict[str, _Task] = {}
+        self.completed = 0
         resume = input.resume
         if resume is not None:
             self.started_at = resume.started_at
@@ -162,6 +183,12 @@ class InterpreterWorkflow:
                 if carried.status == COMPLETED or (carried.status == FAILED and carried.id != resume.retry_task_id):
                     task.status, task.error = carried.status, carried.error
                 # Everything else (the retried task, tasks never run or cancelled) starts again.
+            for task in self.tasks.values():
+                if task.status == COMPLETED:
+                    self._node_done(task.spec.id, announce=False)
+        self.ready |= {tid for tid, count in self.unmet.items() if count == 0 and self.tasks[tid].status == PENDING}
+        #: The context's size as compact JSON, kept up to date as results are merged.
+        self.context_bytes = _json_size(self.context)
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -221,31 +248,45 @@ class InterpreterWorkflow:
                 self.timers.append(asyncio.create_task(self._sync_deadline(point)))
 
     def _advance(self) -> None:
-        """Reach synchronization points whose tasks are done, then start every task that is ready."""
-        for point in self.sync_points.values():
-            if point.id in self.reached or point.id in self.missed:
-                continue
-            if all(self.tasks[t].status == COMPLETED for t in point.required_tasks):
-                now = workflow.now()
-                self.reached[point.id] = now
-                self._emit("synchronization.point.reached", {"syncPointId": point.id, "name": point.name, "at": now})
-                self._milestone(f"sync:{point.id}", point.name, point.description, now)
+        """Start every task whose dependencies are done, in definition order."""
+        ready, self.ready = sorted(self.ready, key=self.order.__getitem__), set()
         if self.failure is not None:
-            return
-        for task in self.tasks.values():
-            if task.status == PENDING and all(self._done(dep) for dep in task.spec.dependencies):
+            return  # a missed synchronization point failed the execution: nothing new starts
+        for task_id in ready:
+            task = self.tasks[task_id]
+            if task.status == PENDING:
                 self._start(task)
 
-    def _done(self, node_id: str) -> bool:
-        task = self.tasks.get(node_id)
-        return task.status == COMPLETED if task is not None else node_id in self.reached
+    def _node_done(self, node_id: str, *, announce: bool = True) -> None:
+        """A task completed or a synchronization point was reached: count it off for what waits on it."""
+        for dependent in self.dependents.get(node_id, ()):
+            self.unmet[dependent] -= 1
+            if self.unmet[dependent] == 0 and self.tasks[dependent].status == PENDING:
+                self.ready.add(dependent)
+        if node_id not in self.tasks:
+            return
+        self.completed += 1
+        for point_id in self.gates.get(node_id, ()):
+            self.sync_unmet[point_id] -= 1
+            if self.sync_unmet[point_id] == 0 and point_id not in self.missed:
+                if announce:
+                    self._reach(self.sync_points[point_id])
+                    self._node_done(point_id)
+                elif point_id in self.reached:
+                    self._node_done(point_id, announce=False)
+
+    def _reach(self, point: SyncPointSpec) -> None:
+        now = workflow.now()
+        self.reached[point.id] = now
+        self._emit("synchronization.point.reached", {"syncPointId": point.id, "name": point.name, "at": now})
+        self._milestone(f"sync:{point.id}", point.name, point.description, now)
 
     def _settled(self) -> bool:
         """Nothing runs, nothing waits, nothing more can start."""
-        return not any(t.runner is not None for t in self.tasks.values())
+        return not self.running and not self.ready
 
     async def _finish(self) -> InterpreterResult:
-        completed = sum(t.status == COMPLETED for t in self.tasks.values())
+        completed = self.completed
         if completed == len(self.tasks) and self.failure is None:
             self.status = COMPLETED
             self._milestone("completion", "Completion", "All tasks completed", workflow.now())
@@ -282,6 +323,7 @@ class InterpreterWorkflow:
         if task.spec.type == APPROVAL:
             self._open_blocker(f"approval:{task.spec.id}", "approval", f"Task {task.spec.id} waits for approval", task.spec.id)
         task.runner = asyncio.create_task(self._run_task(task))
+        self.running[task.spec.id] = task
 
     async def _run_task(self, task: _Task) -> None:
         try:
@@ -303,6 +345,7 @@ class InterpreterWorkflow:
             self._cancelled(task)
         finally:
             task.runner = None
+            self.running.pop(task.spec.id, None)
             self.changed = True
 
     async def _activity(self, task: _Task) -> Any:
@@ -315,7 +358,7 @@ class InterpreterWorkflow:
                 task_id=spec.id,
                 task_type=spec.type,
                 input=spec.input,
-                context=self.context,
+                context=self._context_for(spec),
                 requirements=spec.requirements,
                 queue=spec.queue,
                 max_result_bytes=options.max_result_bytes,
@@ -339,6 +382,16 @@ class InterpreterWorkflow:
         task.resources = _resources(spec, outcome.worker, outcome.queue)
         return outcome.result
 
+    def _context_for(self, spec: TaskSpec) -> dict[str, Any]:
+        if spec.type not in CONTEXT_BY_REFERENCE:
+            return self.context
+        paths = self.references.get(spec.id)
+        if paths is None:
+            paths = self.references[spec.id] = references(spec.input) if spec.input else []
+        if not paths:
+            return {}
+        return {k: v for k, v in self.context.items() if any(p == k or p.startswith(k + ".") for p in paths)}
+
     async def _sleep(self, task: _Task) -> Any:
         seconds = (task.spec.input or {}).get("seconds")
         if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
@@ -357,8 +410,10 @@ class InterpreterWorkflow:
 
     def _completed(self, task: _Task, result: Any) -> None:
         key = f"{task.spec.id}-result"
-        merged = {**self.context, key: result}
-        size = len(json.dumps(merged, separators=(",", ":"), default=str))
+        entry = _json_size(key) + 1 + _json_size(result) + (1 if self.context else 0)
+        if key in self.context:
+            entry -= _json_size(key) + 1 + _json_size(self.context[key]) + 1
+        size = self.context_bytes + entry
         if size > self.input.options.max_context_bytes:
             self._failed(
                 task,
@@ -366,7 +421,8 @@ class InterpreterWorkflow:
                 f"{self.input.options.max_context_bytes} bytes",
             )
             return
-        self.context = merged
+        self.context[key] = result
+        self.context_bytes = size
         self.context_version += 1
         task.status, task.ended_at = COMPLETED, workflow.now()
         self._resolve_blocker(f"no-workers:{task.spec.id}")
@@ -374,7 +430,8 @@ class InterpreterWorkflow:
             "task.execution.completed",
             {**self._task_event(task), "result": result, "contextKey": key, "contextVersion": self.context_version},
         )
-        self._progress()
+        self._node_done(task.spec.id)
+        self._emit("progress.updated", {"completedTasks": self.completed, "totalTasks": len(self.tasks)})
 
     def _failed(self, task: _Task, message: str, resources: dict[str, Any] | None = None) -> None:
         task.status, task.ended_at, task.error = FAILED, workflow.now(), message
@@ -394,7 +451,7 @@ class InterpreterWorkflow:
         """Cancel every running task and wait until each has been marked."""
         for timer in self.timers:
             timer.cancel()
-        runners = [t.runner for t in self.tasks.values() if t.runner is not None]
+        runners = [t.runner for t in self.running.values() if t.runner is not None]
         for runner in runners:
             runner.cancel(reason)
         await asyncio.gather(*runners, return_exceptions=True)
@@ -427,6 +484,7 @@ class InterpreterWorkflow:
         task = self.tasks[task_id]
         task.status, task.error, task.ended_at = PENDING, None, None
         task.attempts_before = task.attempts
+        self.ready.add(task_id)  # its dependencies were done: it ran
         self._resolve_blocker(f"task-failed:{task_id}")
         self._emit("task.execution.pending", self._task_event(task))
         self.changed = True
@@ -518,7 +576,7 @@ class InterpreterWorkflow:
         return timedelta(seconds=max(0.0, min(due) - workflow.time()))
 
     def _inspections(self) -> dict[str, _Inspection]:
-        running = [t.spec.id for t in self.tasks.values() if t.status == RUNNING and t.runner is not None]
+        running = [tid for tid, t in self.running.items() if t.status == RUNNING]
         first = self.input.options.inspect_after
         now = workflow.time()
         self.inspections = {tid: self.inspections.get(tid) or _Inspection(now + first, first) for tid in running}
@@ -596,10 +654,6 @@ class InterpreterWorkflow:
             "contextVersion": self.context_version,
         }
 
-    def _progress(self) -> None:
-        completed = sum(t.status == COMPLETED for t in self.tasks.values())
-        self._emit("progress.updated", {"completedTasks": completed, "totalTasks": len(self.tasks)})
-
     def _milestone(self, key: str, name: str, description: str | None, at: datetime) -> None:
         self._emit("milestone.achieved", {"key": key, "name": name, "description": description, "achievedAt": at})
 
@@ -621,6 +675,10 @@ class InterpreterWorkflow:
 
 def _resources(spec: TaskSpec, worker: str, queue: str) -> dict[str, Any]:
     return {"worker": worker, "queue": queue, "requirements": spec.requirements}
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode())
 
 
 def _seconds(value: float) -> str:
