@@ -14,9 +14,11 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
 from api import problems
-from api.db import create_engine, migrate, session_factory
+from api.db import create_engine, listen_url, migrate, session_factory
+from api.graphql.schema import graphql_router
 from api.middleware import SUPPORTED_VERSIONS, ApiVersionMiddleware, RequestBodyMiddleware, media_type
 from api.rest import auth, executions, health, tasks, users, workflows
+from api.services.events import EventFeed
 from api.services.users import UserService
 from api.settings import Settings, get_settings
 from api.temporal import connect
@@ -68,9 +70,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             log.info("created the first admin user %r", settings.admin_username)
     # Lazy: the API starts, and serves what it can from the database, while Temporal is down.
     app.state.temporal = await connect(settings, lazy=True, identity="wfo-api")
+    app.state.feed = EventFeed(engine, poll_interval=settings.event_poll_seconds, listen_url=listen_url(settings))
+    await app.state.feed.start()
     try:
         yield
     finally:
+        await app.state.feed.stop()
         await engine.dispose()
 
 
@@ -110,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (auth, users, workflows, executions, tasks):
         api.include_router(module.router)
     app.include_router(api)
+    app.include_router(graphql_router(settings))
     app.include_router(health.router)
 
     problems.install(app)

@@ -106,6 +106,14 @@ def create_sync_engine(settings: Settings) -> Engine:
     return engine
 
 
+def listen_url(settings: Settings) -> str | None:
+    """A libpq URL for LISTEN on PostgreSQL (None on SQLite, which has no notifications)."""
+    url = make_url(settings.sqlalchemy_url)
+    if url.get_backend_name() not in ("postgresql", "postgres"):
+        return None
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def session_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 

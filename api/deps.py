@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from api.errors import InvalidInput, Unauthenticated
+from api.errors import Unauthenticated
 from api.middleware import DEFAULT_VERSION
-from api.models.base import Page
 from api.models.users import Role
 from api.services.definitions import DefinitionService
 from api.services.executions import ExecutionService
+from api.services.pagination import MAX_OFFSET, Pagination
 from api.services.users import Principal, UserService
 from api.settings import Settings
-
-T = TypeVar("T")
 
 
 def get_settings(request: Request) -> Settings:
@@ -106,29 +103,12 @@ Operator = Annotated[Principal, _requires(Role.OPERATOR)]
 Admin = Annotated[Principal, _requires(Role.ADMIN)]
 
 
-@dataclass(frozen=True, slots=True)
-class Pagination:
-    limit: int
-    offset: int
-
-    def present(self, version: int, items: Sequence[T], total: int) -> list[T] | Page[T]:
-        """v1: a bare array, as the spec shows; v2: the envelope with the total."""
-        if version >= 2:
-            return Page(items=list(items), total=total, limit=self.limit, offset=self.offset)
-        return list(items)
-
-
 def get_pagination(
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, description="Items per page (default 10).")] = 10,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000, description="Items to skip.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")] = 0,
 ) -> Pagination:
-    if limit > settings.page_max_limit:
-        raise InvalidInput(
-            "The request has 1 invalid value.",
-            [{"parameter": "limit", "in": "query", "detail": f"Input should be at most {settings.page_max_limit}"}],
-        )
-    return Pagination(limit=limit, offset=offset)
+    return Pagination.checked(settings, limit, offset)
 
 
 PaginationDep = Annotated[Pagination, Depends(get_pagination)]

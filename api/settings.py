@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     page_max_limit: int = Field(100, ge=1)
     cors_origins: list[str] = Field(default_factory=list)
 
+    # --- GraphQL -----------------------------------------------------------------------
+    graphql_introspection: bool = Field(True, description="Allow schema introspection (GraphiQL needs it).")
+    graphql_max_depth: int = Field(10, ge=2, description="Deepest selection a query may nest.")
+    graphql_max_aliases: int = Field(30, ge=1, description="Aliases per document.")
+    graphql_max_cost: int = Field(20_000, ge=10, description="Fields a query may ask for, lists counted per item.")
+    graphql_max_batch: int = Field(10, ge=1, description="Operations per batched request.")
+
     # --- engine ------------------------------------------------------------------------
     system_task_queue: str = Field(SYSTEM_TASK_QUEUE, description="Queue of the interpreter and system activities.")
     default_task_queue: str = Field(DEFAULT_TASK_QUEUE, description="Queue of tasks that name none.")
@@ -76,6 +83,7 @@ class Settings(BaseSettings):
     max_result_bytes: int = Field(256 * 1024, ge=1024, description="Largest task result (JSON).")
     max_context_bytes: int = Field(1024 * 1024, ge=1024, description="Largest execution context (JSON).")
     inspect_after_seconds: float = Field(10, gt=0, description="A task scheduled this long gets checked for workers.")
+    event_poll_seconds: float = Field(0.1, gt=0, le=10, description="How often watchers look for new events (PostgreSQL also notifies).")
     cancel_wait_seconds: float = Field(30, gt=0, description="How long a cancel request waits for the run to close.")
 
     # --- Temporal --------------------------------------------------------------------

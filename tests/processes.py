@@ -3,7 +3,7 @@
 loopback ports with an environment built from the test's Settings.
 
 ```python
-with ProcessSet(tmp_path / "logs") as procs:               # or the `processes` fixture below
+with running_processes(tmp_path / "logs") as procs:        # stops them all, prints their logs
     api = procs.start_api(settings, port=free_port())
     await wait_http_ready(api, f"http://127.0.0.1:{port}/healthz")
     worker = procs.start_worker(settings, "--queue", settings.default_task_queue, identity="worker-a")
@@ -15,13 +15,15 @@ with ProcessSet(tmp_path / "logs") as procs:               # or the `processes` 
 
 Only processes started here are ever signalled, always by their own PID (never a name, never a
 group), and only while they are not yet reaped, so a PID reused by a stranger cannot be hit.
-Each process writes stdout and stderr to its own log file; `ProcessSet` stops whatever is left
-when the block ends, and the fixture prints every log so a failing test shows them.
+Each process writes stdout and stderr to its own log file; `running_processes` stops whatever is
+left when the block ends and prints every log, so a failing test shows them. Start processes from
+the event loop's thread: Linux kills a child when the thread that started it ends (see below).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -37,7 +39,7 @@ from typing import Any, Self
 import httpx
 import pytest
 from pydantic import SecretStr
-from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.enums.v1 import DescribeTaskQueueMode, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, DescribeTaskQueueRequest
 from temporalio.client import Client
@@ -225,11 +227,17 @@ class ProcessSet:
         self.stop_all()
 
 
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[ProcessSet]:
-    """A ProcessSet logging under the test's tmp dir; stopped after the test, logs printed
-    (pytest shows them when the test fails)."""
-    procs = ProcessSet(tmp_path / "logs")
+@contextlib.contextmanager
+def running_processes(log_dir: Path) -> Iterator[ProcessSet]:
+    """A ProcessSet logging under `log_dir`; at the end everything left is stopped and every log is
+    printed (pytest shows captured output when a test fails). A test module's fixture:
+
+        @pytest.fixture
+        def processes(tmp_path):
+            with running_processes(tmp_path / "logs") as procs:
+                yield procs
+    """
+    procs = ProcessSet(log_dir)
     try:
         yield procs
     finally:
@@ -314,10 +322,31 @@ async def wait_http_ready(process: Process, url: str, timeout: float = 60.0) -> 
 
 
 async def pollers(client: Client, queue: str, kind: TaskQueueType.ValueType) -> set[str]:
-    response = await client.workflow_service.describe_task_queue(
-        DescribeTaskQueueRequest(namespace=client.namespace, task_queue=TaskQueue(name=queue), task_queue_type=kind)
+    """Identities of the workers polling `queue` for `kind` tasks.
+
+    Both modes of DescribeTaskQueue: the legacy one answers at once but sees only the root
+    partition's pollers (a worker polling another partition can stay invisible to it for up to a
+    minute); the enhanced one sees every partition but refreshes every few seconds.
+    """
+    legacy = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace, task_queue=TaskQueue(name=queue), task_queue_type=kind
+        )
     )
-    return {poller.identity for poller in response.pollers}
+    enhanced = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=queue),
+            api_mode=DescribeTaskQueueMode.DESCRIBE_TASK_QUEUE_MODE_ENHANCED,
+            task_queue_types=[kind],
+            report_pollers=True,
+        )
+    )
+    found = {poller.identity for poller in legacy.pollers}
+    for version in enhanced.versions_info.values():
+        for info in version.types_info.values():
+            found |= {poller.identity for poller in info.pollers}
+    return found
 
 
 async def wait_worker_polling(
@@ -360,7 +389,9 @@ class ApiClient:
         assert response.status_code == 200, response.text
         return cls(http, {"Authorization": f"Bearer {response.json()['accessToken']}"})
 
-    async def define(self, name: str, tasks: list[dict[str, Any]], sync_points: list[dict[str, Any]] | None = None) -> str:
+    async def define(
+        self, name: str, tasks: list[dict[str, Any]], sync_points: list[dict[str, Any]] | None = None
+    ) -> str:
         """Store a definition; returns its id."""
         body = {"name": name, "tasks": tasks, "synchronizationPoints": sync_points or []}
         response = await self.http.post("/api/workflows", json=body, headers=self.headers)
@@ -397,14 +428,20 @@ class ApiClient:
             if predicate(body):
                 return body
             await asyncio.sleep(interval)
-        raise AssertionError(f"execution {execution_id}: {what} not seen within {timeout}s; last: {json.dumps(body)}")
+        raise AssertionError(
+            f"execution {execution_id}: {what} not seen within {timeout}s; last: {json.dumps(body)}"
+        )
 
     async def wait_status(
         self, execution_id: str, statuses: Sequence[str] = FINISHED, timeout: float = 60.0
     ) -> dict[str, Any]:
-        return await self.wait_for(execution_id, lambda b: b["status"] in statuses, f"status in {statuses}", timeout)
+        return await self.wait_for(
+            execution_id, lambda b: b["status"] in statuses, f"status in {statuses}", timeout
+        )
 
-    async def wait_task(self, execution_id: str, task_id: str, statuses: Sequence[str], timeout: float = 60.0) -> dict[str, Any]:
+    async def wait_task(
+        self, execution_id: str, task_id: str, statuses: Sequence[str], timeout: float = 60.0
+    ) -> dict[str, Any]:
         """Poll until the task is in one of `statuses`; returns the execution."""
         return await self.wait_for(
             execution_id,

@@ -23,6 +23,7 @@ import pytest
 
 from api.settings import Settings
 from tests.conftest import ADMIN_PASSWORD, JWT_SECRET, create_user, login, make_settings, problem
+from tests.test_definitions import SPEC_CREATE
 
 LOGIN = "/api/auth/login"
 ME = "/api/auth/me"
@@ -34,21 +35,7 @@ FORBIDDEN = "https://workflow-orchestration.dev/problems/forbidden"
 INVALID_INPUT = "https://workflow-orchestration.dev/problems/invalid-input"
 
 #: The spec's sample definition (API reference, "Create a workflow definition").
-SAMPLE_DEFINITION = {
-    "name": "Sample Workflow",
-    "description": "A sample workflow definition",
-    "tasks": [
-        {"name": "Task 1", "description": "First task"},
-        {"name": "Task 2", "description": "Second task", "dependencies": ["task-1"]},
-    ],
-    "synchronizationPoints": [
-        {
-            "name": "All Tasks Completed",
-            "description": "Wait for all tasks to complete",
-            "requiredTasks": ["task-1", "task-2"],
-        }
-    ],
-}
+SAMPLE_DEFINITION = SPEC_CREATE
 
 
 # --- helpers ---------------------------------------------------------------------------

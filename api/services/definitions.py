@@ -190,6 +190,16 @@ class DefinitionService:
             created_at=row.updated_at,
         )
 
+    async def get_many(self, definition_ids: list[str]) -> dict[str, DefinitionPublic]:
+        """Several definitions in one query (deleted and unknown ones are left out)."""
+        keys = [k for k in (parse_id(i) for i in definition_ids) if k is not None]
+        if not keys:
+            return {}
+        rows = await self.session.exec(
+            select(DefinitionRow).where(col(DefinitionRow.id).in_(keys), col(DefinitionRow.deleted_at).is_(None))
+        )
+        return {str(r.id): to_public(r) for r in rows}
+
     async def current(self, definition_id: str) -> DefinitionRow:
         """The stored definition at its current version (404 if unknown or deleted)."""
         return await self._row(definition_id)

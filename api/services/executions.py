@@ -16,7 +16,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -110,9 +115,15 @@ class ExecutionService:
     # --- reads ---------------------------------------------------------------------------
 
     async def list(
-        self, limit: int, offset: int, status: ExecutionStatus | None = None, definition_id: str | None = None
+        self,
+        limit: int,
+        offset: int,
+        status: ExecutionStatus | None = None,
+        definition_id: str | None = None,
+        *,
+        with_tasks: bool = True,
     ) -> tuple[list[ExecutionDetail], int]:
-        """Executions, newest first."""
+        """Executions, newest first (with their task executions unless the caller loads them itself)."""
         conditions = []
         if status is not None:
             conditions.append(col(ExecutionRow.status) == status.value)
@@ -125,13 +136,13 @@ class ExecutionService:
                 select(ExecutionRow).where(*conditions).order_by(col(ExecutionRow.id).desc()).limit(limit).offset(offset)
             )
         )
-        tasks = await self._tasks_of([r.id for r in rows if r.id is not None])
+        tasks = await self.tasks_of([r.id for r in rows]) if with_tasks else {}
         return [ExecutionDetail(r, tasks.get(r.id, [])) for r in rows], total
 
     async def get(self, execution_id: str) -> ExecutionDetail:
         row = await self._row(execution_id)
         assert row.id is not None
-        return ExecutionDetail(row, (await self._tasks_of([row.id])).get(row.id, []))
+        return ExecutionDetail(row, (await self.tasks_of([row.id])).get(row.id, []))
 
     async def tasks(
         self, execution_id: str, limit: int, offset: int, status: TaskStatus | None = None
@@ -364,7 +375,7 @@ class ExecutionService:
                 raise
 
     async def _reopen(self, execution: ExecutionRow, task: TaskExecutionRow) -> None:
-        tasks = (await self._tasks_of([execution.id])).get(execution.id, []) if execution.id is not None else []
+        tasks = (await self.tasks_of([execution.id])).get(execution.id, []) if execution.id is not None else []
         reached = (
             await self.session.exec(
                 select(MilestoneRow.key).where(
@@ -416,7 +427,7 @@ class ExecutionService:
             raise TaskExecutionNotFound(task_execution_id)
         return row
 
-    async def _tasks_of(self, execution_ids: Sequence[int | None]) -> dict[int | None, list[TaskExecutionRow]]:
+    async def tasks_of(self, execution_ids: Sequence[int | None]) -> dict[int | None, list[TaskExecutionRow]]:
         """Task executions of several executions in one query."""
         ids = [i for i in execution_ids if i is not None]
         grouped: dict[int | None, list[TaskExecutionRow]] = {i: [] for i in ids}

@@ -17,6 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.db import utcnow
 from api.models.executions import BlockerRow, ExecutionEventRow, ExecutionRow, MilestoneRow, TaskExecutionRow
+from api.services.events import NOTIFY_CHANNEL
 from workflows.inputs import Event, EventBatch
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ async def apply_batch(session: AsyncSession, batch: EventBatch) -> int:
         await writer.apply(event)
     execution.last_seq = fresh[-1].seq
     execution.updated_at = utcnow()
+    if session.get_bind().dialect.name == "postgresql":
+        # Delivered at commit: watchers on every API replica wake at once (SQLite: they poll).
+        await session.exec(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, batch.execution_id)))
     await session.commit()
     return len(fresh)
 
@@ -84,7 +88,7 @@ class _Writer:
             await self.session.exec(
                 sa.update(MilestoneRow)
                 .where(col(MilestoneRow.execution_id) == self.execution.id, col(MilestoneRow.key) == data["key"])
-                .values(achieved_at=_time(data["achievedAt"]))
+                .values(achieved_at=event_time(data["achievedAt"]))
             )
         elif kind == "blocker.detected":
             task_row = await self._task_row(data["taskId"]) if data.get("taskId") else None
@@ -95,7 +99,7 @@ class _Writer:
                     kind=data["kind"],
                     task_execution_id=task_row.id if task_row else None,
                     description=data["description"],
-                    created_at=_time(data["createdAt"]),
+                    created_at=event_time(data["createdAt"]),
                 )
             )
         elif kind == "blocker.resolved":
@@ -107,13 +111,13 @@ class _Writer:
                     col(BlockerRow.key) == data["key"],
                     col(BlockerRow.resolved_at).is_(None),
                 )
-                .values(resolved_at=_time(data["resolvedAt"]))
+                .values(resolved_at=event_time(data["resolvedAt"]))
             )
         elif kind == "progress.updated":
             self.execution.completed_tasks = data["completedTasks"]
         elif kind in _EXECUTION_END:
             self.execution.status = data["status"]
-            self.execution.end_time = _time(data.get("endTime"))
+            self.execution.end_time = event_time(data.get("endTime"))
             self.execution.error = data.get("error")
 
     async def _started(self, event: Event) -> None:
@@ -153,8 +157,8 @@ class _Writer:
             self.session.add(row)
             self.tasks[data["taskId"]] = row
         row.status = data["status"]
-        row.start_time = _time(data.get("startTime"))
-        row.end_time = _time(data.get("endTime"))
+        row.start_time = event_time(data.get("startTime"))
+        row.end_time = event_time(data.get("endTime"))
         row.attempts = data.get("attempts", row.attempts)
         row.error = data.get("error")
         row.resources = _jsonable(data.get("resources"))
@@ -182,7 +186,7 @@ class _Writer:
         return row
 
 
-def _time(value: datetime | str | None) -> datetime | None:
+def event_time(value: datetime | str | None) -> datetime | None:
     """Times inside event data arrive as ISO text (Temporal's JSON), at the top level as datetimes."""
     if value is None or isinstance(value, datetime):
         return value

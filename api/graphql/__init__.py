@@ -1,0 +1,1 @@
+"""The GraphQL API: the same services as REST, another front door."""

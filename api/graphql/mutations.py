@@ -1,0 +1,106 @@
+"""Mutations: one line over the services each; inputs are validated exactly as REST bodies are."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import strawberry
+from strawberry import Info
+
+from api.errors import InvalidInput
+from api.graphql.context import Context
+from api.graphql.scalars import JSON
+from api.graphql.types import (
+    CreateWorkflowDefinitionInput,
+    StartWorkflowExecutionInput,
+    TaskExecution,
+    UpdateWorkflowDefinitionInput,
+    WorkflowDefinition,
+    WorkflowExecution,
+    payload,
+)
+from api.models.definitions import DefinitionIn
+from api.models.executions import ExecutionCreate
+from api.models.users import Role
+from api.problems import parse_body
+
+
+def _context_object(value: Any) -> Any:
+    """initialContext as the API reference sends it (JSON text) or as an object."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise InvalidInput(
+                "The request has 1 problem.",
+                [{"pointer": "#/initialContext", "detail": f"Not valid JSON: {exc}"}],
+            ) from exc
+    return value
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Create a workflow definition at version 1.0.0.")
+    async def create_workflow_definition(
+        self, info: Info[Context, None], input: CreateWorkflowDefinitionInput
+    ) -> WorkflowDefinition:
+        user = await info.context.principal(Role.OPERATOR)
+        data = parse_body(DefinitionIn, payload(input))
+        async with info.context.services() as services:
+            return WorkflowDefinition.of(await services.definitions.create(user, data))
+
+    @strawberry.mutation(description="Replace a definition, storing a new version (1.0.0 -> 1.0.1).")
+    async def update_workflow_definition(
+        self, info: Info[Context, None], id: strawberry.ID, input: UpdateWorkflowDefinitionInput
+    ) -> WorkflowDefinition:
+        user = await info.context.principal(Role.OPERATOR)
+        data = parse_body(DefinitionIn, payload(input))
+        async with info.context.services() as services:
+            return WorkflowDefinition.of(await services.definitions.update(user, id, data))
+
+    @strawberry.mutation(description="Delete a definition; executions already started are not affected.")
+    async def delete_workflow_definition(self, info: Info[Context, None], id: strawberry.ID) -> bool:
+        user = await info.context.principal(Role.OPERATOR)
+        async with info.context.services() as services:
+            await services.definitions.delete(user, id)
+        return True
+
+    @strawberry.mutation(description="Start an execution of a definition's current version.")
+    async def start_workflow_execution(
+        self, info: Info[Context, None], input: StartWorkflowExecutionInput
+    ) -> WorkflowExecution:
+        user = await info.context.principal(Role.OPERATOR)
+        raw = payload(input)
+        key = raw.pop("idempotencyKey", None)
+        if "initialContext" in raw:
+            raw["initialContext"] = _context_object(raw["initialContext"])
+        data = parse_body(ExecutionCreate, raw)
+        async with info.context.services() as services:
+            detail = await services.executions.start(user, data, key)
+        return WorkflowExecution.of(detail.row, detail.tasks)
+
+    @strawberry.mutation(description="Cancel a running execution; answers with its cancelled state.")
+    async def cancel_workflow_execution(self, info: Info[Context, None], id: strawberry.ID) -> WorkflowExecution:
+        user = await info.context.principal(Role.OPERATOR)
+        async with info.context.services() as services:
+            detail = await services.executions.cancel(user, id)
+        return WorkflowExecution.of(detail.row, detail.tasks)
+
+    @strawberry.mutation(description="Run a FAILED task again (a failed execution reopens).")
+    async def retry_task_execution(self, info: Info[Context, None], id: strawberry.ID) -> TaskExecution:
+        user = await info.context.principal(Role.OPERATOR)
+        async with info.context.services() as services:
+            return TaskExecution.of(await services.executions.retry_task(user, id))
+
+    @strawberry.mutation(description="Approve a WAITING approval task; the output becomes its result.")
+    async def complete_task(self, info: Info[Context, None], id: strawberry.ID, output: JSON | None = None) -> TaskExecution:
+        user = await info.context.principal(Role.OPERATOR)
+        async with info.context.services() as services:
+            return TaskExecution.of(await services.executions.decide(user, id, approve=True, value=output))
+
+    @strawberry.mutation(description="Reject a WAITING approval task: it fails (and may be retried).")
+    async def reject_task(self, info: Info[Context, None], id: strawberry.ID, reason: str | None = None) -> TaskExecution:
+        user = await info.context.principal(Role.OPERATOR)
+        async with info.context.services() as services:
+            return TaskExecution.of(await services.executions.decide(user, id, approve=False, value=reason))

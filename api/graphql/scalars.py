@@ -1,0 +1,20 @@
+"""Scalars: timestamps as the REST API writes them, and free-form JSON."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import NewType
+
+import strawberry
+from strawberry.scalars import JSON
+
+from api.models.base import format_timestamp
+
+DateTime = strawberry.scalar(
+    NewType("DateTime", datetime),
+    serialize=format_timestamp,
+    parse_value=lambda value: datetime.fromisoformat(str(value).replace("Z", "+00:00")),
+    description="ISO 8601 time in UTC with milliseconds, e.g. 2025-05-21T21:26:58.211Z.",
+)
+
+__all__ = ["JSON", "DateTime"]

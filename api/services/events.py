@@ -1,0 +1,127 @@
+"""The event feed: tells this process's watchers that an execution has new events.
+
+The event log in the database is the truth; the feed only wakes watchers, who then read what
+is new after their own cursor. So a slow watcher falls behind alone and never loses an event,
+and a watcher on replica B sees an execution started on replica A: every replica reads the
+same log. PostgreSQL's LISTEN/NOTIFY wakes the feed at once; a short poll covers SQLite (and
+any notification lost while the listener reconnects).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.models.executions import ExecutionEventRow
+
+log = logging.getLogger(__name__)
+
+#: The PostgreSQL channel the read model writer notifies after each batch.
+NOTIFY_CHANNEL = "wfo_events"
+
+
+class EventFeed:
+    """One per process: polls (and on PostgreSQL listens) for new events, wakes waiters."""
+
+    def __init__(self, engine: AsyncEngine, *, poll_interval: float = 0.1, listen_url: str | None = None):
+        self.engine = engine
+        self.poll_interval = poll_interval
+        self.listen_url = listen_url
+        self._latest: dict[int, int] = {}
+        self._waiters: dict[int, set[asyncio.Future[None]]] = defaultdict(set)
+        self._cursor = 0
+        self._kick = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        async with self.engine.connect() as conn:
+            self._cursor = (await conn.execute(sa.select(sa.func.max(ExecutionEventRow.id)))).scalar() or 0
+        self._tasks.append(asyncio.create_task(self._poll_forever(), name="event-feed-poll"))
+        if self.listen_url:
+            self._tasks.append(asyncio.create_task(self._listen_forever(), name="event-feed-listen"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.cancel()
+
+    async def wait_beyond(self, execution_id: int, seq: int, timeout: float) -> None:
+        """Return when the execution has an event after `seq`, or after `timeout` seconds anyway
+        (the caller reads the log either way, so a missed wake-up costs time, never events)."""
+        if self._latest.get(execution_id, 0) > seq:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[execution_id].add(waiter)
+        try:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        finally:
+            waiters = self._waiters.get(execution_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[execution_id]
+
+    def _note(self, execution_id: int, seq: int) -> None:
+        if seq > self._latest.get(execution_id, 0):
+            self._latest[execution_id] = seq
+        for waiter in self._waiters.get(execution_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                await self._poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database may be briefly away: keep going
+                log.warning("event feed poll failed: %s", exc)
+                await asyncio.sleep(1)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.poll_interval)
+            self._kick.clear()
+
+    async def _poll(self) -> None:
+        query = (
+            sa.select(ExecutionEventRow.id, ExecutionEventRow.execution_id, ExecutionEventRow.seq)
+            .where(ExecutionEventRow.id > self._cursor)
+            .order_by(ExecutionEventRow.id)
+            .limit(5000)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        for event_id, execution_id, seq in rows:
+            self._cursor = max(self._cursor, event_id)
+            self._note(execution_id, seq)
+        if len(self._latest) > 100_000:
+            # Bounded memory: forget executions nobody waits on (the log still has them).
+            self._latest = {k: v for k, v in self._latest.items() if k in self._waiters}
+
+    async def _listen_forever(self) -> None:
+        assert self.listen_url is not None
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.listen_url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self._kick.set()  # catch up on anything sent while not listening
+                    async for _ in conn.notifies():
+                        self._kick.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("event feed listener lost its connection: %s", exc)
+                await asyncio.sleep(1)
