@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, TypeVar
 
 import psycopg
 import sqlalchemy as sa
@@ -22,8 +25,45 @@ from api.models.executions import ExecutionEventRow
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: The PostgreSQL channel the read model writer notifies after each batch.
 NOTIFY_CHANNEL = "wfo_events"
+
+
+class SharedReads:
+    """Single-flight reads with a short memory: watchers of one execution woken by the same
+    change ask the same question; one database read answers all of them."""
+
+    def __init__(self, ttl: float = 5.0, size: int = 2048) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._results: OrderedDict[Hashable, tuple[float, asyncio.Future[Any]]] = OrderedDict()
+
+    async def get(self, key: Hashable, load: Callable[[], Awaitable[T]], keep: Callable[[T], bool] = bool) -> T:
+        """The answer to `key`: shared while loading, remembered afterwards only if `keep(answer)`
+        (an empty answer, say, may be stale a moment later)."""
+        now = time.monotonic()
+        found = self._results.get(key)
+        if found is not None and (not found[1].done() or now - found[0] < self.ttl):
+            if not found[1].done() or found[1].exception() is None:
+                return await asyncio.shield(found[1])
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._results[key] = (now, future)
+        self._results.move_to_end(key)
+        while len(self._results) > self.size:
+            self._results.popitem(last=False)
+        try:
+            result = await load()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
+            self._results.pop(key, None)
+            raise
+        future.set_result(result)
+        if not keep(result):
+            self._results.pop(key, None)
+        return result
 
 
 class EventFeed:
@@ -38,6 +78,7 @@ class EventFeed:
         self._cursor = 0
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.shared = SharedReads()
 
     async def start(self) -> None:
         async with self.engine.connect() as conn:

@@ -57,15 +57,7 @@ class ExecutionWatcher:
         assert row.id is not None
         cursor = after_seq
         while True:
-            async with self.sessions() as session:
-                events = list(
-                    await session.exec(
-                        select(ExecutionEventRow)
-                        .where(ExecutionEventRow.execution_id == row.id, col(ExecutionEventRow.seq) > cursor)
-                        .order_by(col(ExecutionEventRow.seq))
-                        .limit(BATCH)
-                    )
-                )
+            events = await self.feed.shared.get(("events", row.id, cursor), lambda: self._events_after(row.id, cursor))
             if not events:
                 await self.feed.wait_beyond(row.id, cursor, RECHECK_SECONDS)
                 continue
@@ -75,14 +67,27 @@ class ExecutionWatcher:
             if finished:
                 return
 
+    async def _events_after(self, execution_id: int | None, cursor: int) -> list[ExecutionEventRow]:
+        async with self.sessions() as session:
+            return list(
+                await session.exec(
+                    select(ExecutionEventRow)
+                    .where(ExecutionEventRow.execution_id == execution_id, col(ExecutionEventRow.seq) > cursor)
+                    .order_by(col(ExecutionEventRow.seq))
+                    .limit(BATCH)
+                )
+            )
+
     async def executions(self, execution_id: str) -> AsyncIterator[ExecutionDetail]:
         """The execution now, then again after every change; ends once it has finished."""
         detail = await self._detail(execution_id)
         yield detail
         if _finished(detail.row):
             return
-        async for _ in self.changes(execution_id, detail.row.last_seq):
-            detail = await self._detail(execution_id)
+        async for change in self.changes(execution_id, detail.row.last_seq):
+            detail = await self.feed.shared.get(
+                ("execution", execution_id, change.events[-1].seq), lambda: self._detail(execution_id)
+            )
             yield detail
 
     async def tasks(self, execution_id: str, after_seq: int | None = None) -> AsyncIterator[tuple[TaskExecutionRow, int]]:
@@ -108,8 +113,10 @@ class ExecutionWatcher:
         yield report
         if _finished(report.execution):
             return
-        async for _ in self.changes(execution_id, report.execution.last_seq):
-            yield await self._progress(execution_id)
+        async for change in self.changes(execution_id, report.execution.last_seq):
+            yield await self.feed.shared.get(
+                ("progress", execution_id, change.events[-1].seq), lambda: self._progress(execution_id)
+            )
 
     async def _detail(self, execution_id: str) -> ExecutionDetail:
         async with self.sessions() as session:
