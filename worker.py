@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from datetime import timedelta
 
 from temporalio.client import Client
@@ -145,7 +146,17 @@ def main(argv: list[str] | None = None) -> None:
     settings = load_settings()
     args.queues = args.queues or [settings.system_task_queue, settings.default_task_queue]
     configure_logging(settings.log_level)
-    asyncio.run(run(args, settings))
+    status = 0
+    try:
+        asyncio.run(run(args, settings))
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    # Exit without interpreter finalisation: the SDK's native threads can otherwise abort it
+    # ("PyGILState_Release ... finalizing", temporalio/sdk-python#300) after a clean shutdown.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ workflow, so they cost no task-queue round trip.
 from __future__ import annotations
 
 from temporalio import activity
-from temporalio.api.enums.v1 import PendingActivityState, TaskQueueType
+from temporalio.api.enums.v1 import DescribeTaskQueueMode, PendingActivityState, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
@@ -69,14 +69,27 @@ class SystemActivities:
         return InspectResult(tasks=found)
 
     async def _has_pollers(self, queue: str) -> bool:
-        response = await self.client.workflow_service.describe_task_queue(
+        """Whether any worker polls the queue for activities. The legacy description answers at
+        once but sees only the root partition; the enhanced one sees every partition."""
+        legacy = await self.client.workflow_service.describe_task_queue(
             DescribeTaskQueueRequest(
                 namespace=self.client.namespace,
                 task_queue=TaskQueue(name=queue),
                 task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
             )
         )
-        return len(response.pollers) > 0
+        if legacy.pollers:
+            return True
+        enhanced = await self.client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=self.client.namespace,
+                task_queue=TaskQueue(name=queue),
+                api_mode=DescribeTaskQueueMode.DESCRIBE_TASK_QUEUE_MODE_ENHANCED,
+                task_queue_types=[TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY],
+                report_pollers=True,
+            )
+        )
+        return any(info.pollers for version in enhanced.versions_info.values() for info in version.types_info.values())
 
     def activities(self) -> list[object]:
         return [self.publish_events, self.inspect_tasks]

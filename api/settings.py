@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     max_context_bytes: int = Field(1024 * 1024, ge=1024, description="Largest execution context (JSON).")
     inspect_after_seconds: float = Field(10, gt=0, description="A task scheduled this long gets checked for workers.")
     event_poll_seconds: float = Field(0.1, gt=0, le=10, description="How often watchers look for new events (PostgreSQL also notifies).")
-    cancel_wait_seconds: float = Field(30, gt=0, description="How long a cancel request waits for the run to close.")
+    cancel_wait_seconds: float = Field(45, gt=0, description="How long a cancel request waits for the run to close.")
 
     # --- Temporal --------------------------------------------------------------------
     temporal_address: str = Field("localhost:7233", validation_alias=_temporal("ADDRESS"))

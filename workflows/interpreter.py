@@ -20,6 +20,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.templating import references
@@ -165,6 +166,8 @@ class InterpreterWorkflow:
         self.sync_unmet = {point.id: len(set(point.required_tasks)) for point in input.sync_points}
         self.ready: set[str] = set()
         self.running: dict[str, _Task] = {}
+        #: Marked as started, events not yet published, not running yet.
+        self.starting: list[_Task] = []
         self.completed = 0
         resume = input.resume
         if resume is not None:
@@ -198,7 +201,9 @@ class InterpreterWorkflow:
             self._begin()
             while True:
                 self._advance()
+                # Published before anything runs: while the database is down, the DAG waits.
                 await self._flush()
+                self._launch()
                 if self._settled():
                     break
                 try:
@@ -248,14 +253,20 @@ class InterpreterWorkflow:
                 self.timers.append(asyncio.create_task(self._sync_deadline(point)))
 
     def _advance(self) -> None:
-        """Start every task whose dependencies are done, in definition order."""
+        """Mark every task whose dependencies are done as started, in definition order."""
         ready, self.ready = sorted(self.ready, key=self.order.__getitem__), set()
         if self.failure is not None:
             return  # a missed synchronization point failed the execution: nothing new starts
         for task_id in ready:
-            task = self.tasks[task_id]
-            if task.status == PENDING:
-                self._start(task)
+            if self.tasks[task_id].status == PENDING:
+                self._start(self.tasks[task_id])
+
+    def _launch(self) -> None:
+        """Run the tasks marked as started (their events are published by now)."""
+        starting, self.starting = self.starting, []
+        for task in starting:
+            task.runner = asyncio.create_task(self._run_task(task))
+            self.running[task.spec.id] = task
 
     def _node_done(self, node_id: str, *, announce: bool = True) -> None:
         """A task completed or a synchronization point was reached: count it off for what waits on it."""
@@ -283,7 +294,7 @@ class InterpreterWorkflow:
 
     def _settled(self) -> bool:
         """Nothing runs, nothing waits, nothing more can start."""
-        return not self.running and not self.ready
+        return not self.running and not self.ready and not self.starting
 
     async def _finish(self) -> InterpreterResult:
         completed = self.completed
@@ -322,8 +333,7 @@ class InterpreterWorkflow:
         )
         if task.spec.type == APPROVAL:
             self._open_blocker(f"approval:{task.spec.id}", "approval", f"Task {task.spec.id} waits for approval", task.spec.id)
-        task.runner = asyncio.create_task(self._run_task(task))
-        self.running[task.spec.id] = task
+        self.starting.append(task)
 
     async def _run_task(self, task: _Task) -> None:
         try:
@@ -377,6 +387,8 @@ class InterpreterWorkflow:
                 non_retryable_error_types=[*retry.non_retryable_error_types, UNKNOWN_TYPE_ERROR],
             ),
             summary=f"{spec.id} ({spec.type})" + (f", retry {task.attempts_before}" if task.attempts_before else ""),
+            # A cancelled task counts as CANCELLED once its worker has stopped it, not before.
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         task.attempts = task.attempts_before + outcome.attempt
         task.resources = _resources(spec, outcome.worker, outcome.queue)
@@ -451,6 +463,9 @@ class InterpreterWorkflow:
         """Cancel every running task and wait until each has been marked."""
         for timer in self.timers:
             timer.cancel()
+        starting, self.starting = self.starting, []
+        for task in starting:
+            self._cancelled(task)  # marked as started, never ran
         runners = [t.runner for t in self.running.values() if t.runner is not None]
         for runner in runners:
             runner.cancel(reason)

@@ -10,11 +10,16 @@ from strawberry.scalars import JSON
 
 from api.models.base import format_timestamp
 
-DateTime = strawberry.scalar(
-    NewType("DateTime", datetime),
-    serialize=format_timestamp,
-    parse_value=lambda value: datetime.fromisoformat(str(value).replace("Z", "+00:00")),
-    description="ISO 8601 time in UTC with milliseconds, e.g. 2025-05-21T21:26:58.211Z.",
-)
+#: A UTC time written like the REST API's: 2025-05-21T21:26:58.211Z.
+DateTime = NewType("DateTime", datetime)
 
-__all__ = ["JSON", "DateTime"]
+SCALARS = {
+    DateTime: strawberry.scalar(
+        name="DateTime",
+        serialize=format_timestamp,
+        parse_value=lambda value: datetime.fromisoformat(str(value).replace("Z", "+00:00")),
+        description="ISO 8601 time in UTC with milliseconds, e.g. 2025-05-21T21:26:58.211Z.",
+    )
+}
+
+__all__ = ["JSON", "SCALARS", "DateTime"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import strawberry
@@ -25,6 +26,7 @@ from api.graphql.errors import ProblemErrors, code_of
 from api.graphql.limits import complexity_rule
 from api.graphql.mutations import Mutation
 from api.graphql.queries import Query
+from api.graphql.scalars import SCALARS
 from api.graphql.subscriptions import Subscription
 from api.settings import Settings
 
@@ -36,11 +38,12 @@ class Schema(strawberry.Schema):
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
+    # Factories, not instances: strawberry builds each request its own extension objects.
     extensions: list[Any] = [
         ProblemErrors,
-        QueryDepthLimiter(max_depth=settings.graphql_max_depth),
-        MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases),
-        AddValidationRules([complexity_rule(settings.graphql_max_cost, settings.page_max_limit)]),
+        partial(QueryDepthLimiter, max_depth=settings.graphql_max_depth),
+        partial(MaxAliasesLimiter, max_alias_count=settings.graphql_max_aliases),
+        partial(AddValidationRules, [complexity_rule(settings.graphql_max_cost, settings.page_max_limit)]),
     ]
     if not settings.graphql_introspection:
         extensions.append(DisableIntrospection)
@@ -49,7 +52,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
-        config=StrawberryConfig(batching_config={"max_operations": settings.graphql_max_batch}),
+        config=StrawberryConfig(scalar_map=SCALARS, batching_config={"max_operations": settings.graphql_max_batch}),
     )
 
 
