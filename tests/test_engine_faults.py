@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -542,3 +543,45 @@ class TestDatabaseDown:
         assert kinds[-1] == "workflow.execution.completed", kinds
         assert kinds.count("task.execution.completed") == 3
         assert kinds.count("synchronization.point.reached") == 1
+
+
+# --- a worker asked to stop finishes what it runs --------------------------------------------
+
+
+class TestWorkerStopped:
+    @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+    async def test_sigterm_lets_the_running_task_finish(
+        self,
+        settings: Settings,
+        api: ApiClient,
+        temporal_env: WorkflowEnvironment,
+        loopback: LoopbackServer,
+        processes: ProcessSet,
+    ) -> None:
+        """SIGTERM while a task runs: the worker stops polling, lets the task finish, exits 0;
+        the task completes on its first attempt, on that worker."""
+        gate = threading.Event()
+        loopback.route("/work", handler=gated(gate, Reply(json={"done": True})))
+        queue = settings.default_task_queue
+        async with running_worker(temporal_env.client, settings, "--queue", settings.system_task_queue, identity="system"):
+            worker = processes.start_worker(settings, "--queue", queue, "--graceful-shutdown", "30", identity="leaving")
+            await wait_worker_polling(temporal_env.client, queue, "leaving", worker)
+            definition = await api.define(
+                "graceful",
+                [{"id": "call", "name": "call", "type": "http", "input": {"url": loopback.url_for("/work")}}],
+            )
+            execution = await api.start(definition, {})
+            await loopback.wait_for_requests_async(1, "/work", timeout=30)
+
+            worker.signal(signal.SIGTERM)
+            await asyncio.sleep(1.0)
+            assert worker.alive, "the worker waits for its running task"
+            gate.set()
+            assert await asyncio.to_thread(worker.wait, 30) == 0, worker.log_tail()
+
+            final = await api.wait_status(execution["id"], timeout=30)
+        assert final["status"] == "COMPLETED", final
+        call = task_of(final, "call")
+        assert call is not None and call["attempts"] == 1 and call["resources"]["worker"] == "leaving"
+        assert len(loopback.requests_to("/work")) == 1
+        assert "worker stopped" in worker.log_text()
