@@ -28,9 +28,11 @@ import socket
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
 import httpx
+import jwt
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -48,6 +50,21 @@ def bearer(token: str) -> dict[str, str]:
 
 def token_of(headers: dict[str, str]) -> str:
     return headers["Authorization"].removeprefix("Bearer ")
+
+
+def expired_token(valid: str, secret: str) -> str:
+    """`valid`'s claims, expired a minute ago, signed with the right secret."""
+    claims = jwt.decode(valid, options={"verify_signature": False})
+    now = datetime.now(UTC)
+    claims.update(iat=now - timedelta(hours=2), nbf=now - timedelta(hours=2), exp=now - timedelta(minutes=1))
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def foreign_token(valid: str) -> str:
+    """`valid`'s claims, promoted to admin and signed with someone else's secret."""
+    claims = jwt.decode(valid, options={"verify_signature": False})
+    claims["roles"] = ["admin"]
+    return jwt.encode(claims, "another-secret-" + "y" * 40, algorithm="HS256")
 
 
 # --- HTTP ---------------------------------------------------------------------------------------

@@ -44,7 +44,8 @@ async def readyz(request: Request) -> JSONResponse:
 
     async def run(name: str) -> str:
         try:
-            await asyncio.wait_for(checks[name](request), CHECK_TIMEOUT_SECONDS + 0.5)
+            async with asyncio.timeout(CHECK_TIMEOUT_SECONDS + 0.5):
+                await checks[name](request)
             return "ok"
         except Exception as exc:  # any failure means "not ready"; the reason goes to the log only
             log.warning("readiness check %s failed: %s: %s", name, type(exc).__name__, exc)

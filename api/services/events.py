@@ -90,9 +90,8 @@ class EventFeed:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
         self._tasks.clear()
         for waiters in self._waiters.values():
             for waiter in waiters:
@@ -107,8 +106,11 @@ class EventFeed:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[execution_id].add(waiter)
         try:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as it times out, and the cancelled task would then never end.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await waiter
         finally:
             waiters = self._waiters.get(execution_id)
             if waiters is not None:
@@ -132,8 +134,9 @@ class EventFeed:
             except Exception as exc:  # the database may be briefly away: keep going
                 log.warning("event feed poll failed: %s", exc)
                 await asyncio.sleep(1)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self.poll_interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._kick.wait()
             self._kick.clear()
 
     async def _poll(self) -> None:

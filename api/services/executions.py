@@ -243,9 +243,10 @@ class ExecutionService:
                 if exc.status != RPCStatusCode.NOT_FOUND:
                     raise
                 raise ExecutionConflict(f"Execution {execution_id} has already finished.") from exc
-            with contextlib.suppress(WorkflowFailureError, asyncio.TimeoutError):
+            with contextlib.suppress(WorkflowFailureError, TimeoutError):
                 # The run closes once every task is marked and the read model has it all.
-                await asyncio.wait_for(handle.result(), timeout=self.settings.cancel_wait_seconds)
+                async with asyncio.timeout(self.settings.cancel_wait_seconds):
+                    await handle.result()
         log.info("execution %s cancelled by %s", execution_id, user.username)
         return await self._reloaded(execution_id)
 
