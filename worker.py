@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.capacity import configure_capacity, configure_worker
+from activities.netguard import configure_network
 from activities.registry import load_modules, task_activities
 from api.db import create_engine, migrate, session_factory
 from api.settings import Settings
@@ -77,35 +82,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_workers(client: Client, settings: Settings, args: argparse.Namespace, identity: str) -> tuple[list[Worker], object]:
-    """One Temporal worker per queue; the system queue's also holds the database engine (returned)."""
-    from activities.system import SystemActivities
-    from workflows.interpreter import InterpreterWorkflow
+class WorkerSet:
+    """The Temporal workers of one process, and what the system queue brings with it: the
+    database engine and the webhook dispatcher."""
 
-    workers: list[Worker] = []
-    engine = None
-    common = {
-        "max_concurrent_activities": args.max_concurrent_activities,
-        "graceful_shutdown_timeout": timedelta(seconds=args.graceful_shutdown),
-        "identity": identity,
-    }
-    for queue in args.queues:
-        if queue == settings.system_task_queue:
-            engine = create_engine(settings)
-            system = SystemActivities(session_factory(engine), client)
-            workers.append(
+    def __init__(self, client: Client, settings: Settings, args: argparse.Namespace, identity: str) -> None:
+        from activities.system import SystemActivities
+        from api.services.delivery import Dispatcher
+        from workflows.delivery import WebhookDeliveryWorkflow
+        from workflows.interpreter import InterpreterWorkflow
+
+        self.workers: list[Worker] = []
+        self.engine: AsyncEngine | None = None
+        self.dispatcher: Dispatcher | None = None
+        common: dict[str, Any] = {
+            "max_concurrent_activities": args.max_concurrent_activities,
+            "max_concurrent_workflow_tasks": args.max_concurrent_workflow_tasks,
+            "graceful_shutdown_timeout": timedelta(seconds=args.graceful_shutdown),
+            "identity": identity,
+        }
+        for queue in args.queues:
+            if queue != settings.system_task_queue:
+                self.workers.append(Worker(client, task_queue=queue, activities=task_activities(), **common))
+                continue
+            self.engine = create_engine(settings)
+            sessions = session_factory(self.engine)
+            system = SystemActivities(sessions, client, settings)
+            self.workers.append(
+                Worker(client, task_queue=queue, workflows=[InterpreterWorkflow], activities=system.activities(), **common)
+            )
+            # Webhook deliveries on their own queue: slow receivers never hold up executions.
+            self.workers.append(
                 Worker(
                     client,
-                    task_queue=queue,
-                    workflows=[InterpreterWorkflow],
-                    activities=system.activities(),
-                    max_concurrent_workflow_tasks=args.max_concurrent_workflow_tasks,
+                    task_queue=settings.webhook_task_queue,
+                    workflows=[WebhookDeliveryWorkflow],
+                    activities=system.delivery_activities(),
                     **common,
                 )
             )
-        else:
-            workers.append(Worker(client, task_queue=queue, activities=task_activities(), **common))
-    return workers, engine
+            self.dispatcher = Dispatcher(sessions, client, settings)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[list[asyncio.Task[None]]]:
+        """Run every worker (and the dispatcher) until the block ends; then shut down gracefully."""
+        tasks = [asyncio.create_task(w.run()) for w in self.workers]
+        dispatching = asyncio.create_task(self.dispatcher.run_forever()) if self.dispatcher else None
+        try:
+            yield tasks
+        finally:
+            if dispatching is not None:
+                dispatching.cancel()
+                await asyncio.gather(dispatching, return_exceptions=True)
+            await asyncio.gather(*(w.shutdown() for w in self.workers), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.engine is not None:
+                await self.engine.dispose()
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> None:
@@ -113,10 +145,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> None:
     load_modules(args.modules)
     configure_worker(identity)
     configure_capacity(cpu=args.cpu, memory=args.memory, gpu=args.gpu)
+    configure_network(allow_private=settings.allow_private_networks)
     if settings.system_task_queue in args.queues:
         await asyncio.to_thread(migrate, settings)
     client = await connect(settings, identity=identity)
-    workers, engine = build_workers(client, settings, args, identity)
+    worker_set = WorkerSet(client, settings, args, identity)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -124,18 +157,15 @@ async def run(args: argparse.Namespace, settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     log.info("worker %s serving %s", identity, ", ".join(args.queues))
-    running = [asyncio.create_task(w.run()) for w in workers]
-    stopped = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([*running, stopped], return_when=asyncio.FIRST_COMPLETED)
-    failure = next((t.exception() for t in done if t is not stopped and t.exception() is not None), None)
-    if failure is not None:
-        log.error("a worker stopped on its own: %s", failure)
-    log.info("shutting down: finishing running activities")
-    await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
-    await asyncio.gather(*running, return_exceptions=True)
-    stopped.cancel()
-    if engine is not None:
-        await engine.dispose()  # type: ignore[attr-defined]
+    failure: BaseException | None = None
+    async with worker_set.running() as running:
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*running, stopped], return_when=asyncio.FIRST_COMPLETED)
+        failure = next((t.exception() for t in done if t is not stopped and t.exception() is not None), None)
+        if failure is not None:
+            log.error("a worker stopped on its own: %s", failure)
+        log.info("shutting down: finishing running activities")
+        stopped.cancel()
     log.info("worker stopped")
     if failure is not None:
         raise SystemExit(1)

@@ -143,6 +143,7 @@ async def guarded_request(
     policy: Policy,
     max_redirects: int = 0,
     headers: dict[str, str] | None = None,
+    stream: bool = False,
     **kwargs: Any,
 ) -> httpx.Response:
     """Send a request to a checked address, pinned (the connection goes where the check looked).
@@ -158,7 +159,7 @@ async def guarded_request(
         request_headers = {**(headers or {}), "Host": host_header}
         extensions = {"sni_hostname": host} if scheme == "https" else {}
         request = client.build_request(method, target, headers=request_headers, extensions=extensions, **kwargs)
-        response = await client.send(request, follow_redirects=False)
+        response = await client.send(request, follow_redirects=False, stream=stream)
         location = response.headers.get("location")
         if response.status_code not in _REDIRECTS or not location or max_redirects == 0:
             return response
@@ -171,3 +172,16 @@ async def guarded_request(
             # As browsers do: the redirected request is a GET without the body.
             method = "GET"
             kwargs = {k: v for k, v in kwargs.items() if k not in ("content", "json", "data", "files")}
+
+
+_policy = Policy()
+
+
+def configure_network(*, allow_private: bool) -> None:
+    """Set this worker's policy for task activities (worker.py, from WFO_ALLOW_PRIVATE_NETWORKS)."""
+    global _policy
+    _policy = Policy(allow_private=allow_private)
+
+
+def network_policy() -> Policy:
+    return _policy

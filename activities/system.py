@@ -6,6 +6,8 @@ workflow, so they cost no task-queue round trip.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio import activity
 from temporalio.api.enums.v1 import DescribeTaskQueueMode, PendingActivityState, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -14,17 +16,33 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from api.db import SessionFactory
+from api.services.delivery import Deliverer, DeliveryError
 from api.services.readmodel import UnknownExecution, apply_batch
-from workflows.constants import INSPECT_ACTIVITY, PUBLISH_ACTIVITY, task_of_activity
-from workflows.inputs import EventBatch, InspectRequest, InspectResult, TaskInspection
+from api.settings import Settings
+from workflows.constants import (
+    DELIVER_ACTIVITY,
+    GIVE_UP_ACTIVITY,
+    INSPECT_ACTIVITY,
+    PUBLISH_ACTIVITY,
+    task_of_activity,
+)
+from workflows.inputs import (
+    DeliveryGiveUp,
+    DeliveryInput,
+    EventBatch,
+    InspectRequest,
+    InspectResult,
+    TaskInspection,
+)
 
 
 class SystemActivities:
-    """Built once in worker.py with a session factory and a Temporal client."""
+    """Built once in worker.py with a session factory, a Temporal client and the settings."""
 
-    def __init__(self, sessions: SessionFactory, client: Client) -> None:
+    def __init__(self, sessions: SessionFactory, client: Client, settings: Settings) -> None:
         self.sessions = sessions
         self.client = client
+        self.deliverer = Deliverer(sessions, settings)
 
     @activity.defn(name=PUBLISH_ACTIVITY)
     async def publish_events(self, batch: EventBatch) -> int:
@@ -91,5 +109,21 @@ class SystemActivities:
         )
         return any(info.pollers for version in enhanced.versions_info.values() for info in version.types_info.values())
 
+    @activity.defn(name=DELIVER_ACTIVITY)
+    async def deliver_webhook(self, input: DeliveryInput) -> None:
+        """One attempt of a webhook delivery; raises to be retried (or not, when retrying cannot help)."""
+        try:
+            await self.deliverer.attempt(input)
+        except DeliveryError as exc:
+            delay = timedelta(seconds=exc.retry_after) if exc.retry_after else None
+            raise ApplicationError(exc.message, type=exc.kind, non_retryable=exc.final, next_retry_delay=delay) from None
+
+    @activity.defn(name=GIVE_UP_ACTIVITY)
+    async def give_up_delivery(self, input: DeliveryGiveUp) -> None:
+        await self.deliverer.give_up(input.delivery_id, input.reason)
+
     def activities(self) -> list[object]:
         return [self.publish_events, self.inspect_tasks]
+
+    def delivery_activities(self) -> list[object]:
+        return [self.deliver_webhook, self.give_up_delivery]

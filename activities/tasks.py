@@ -23,6 +23,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.netguard import BlockedDestination, guarded_request, network_policy
 from activities.registry import RESULT_TOO_LARGE, call, registry, task_type
 from workflows.inputs import TaskInput
 
@@ -33,6 +34,8 @@ HTTP_SERVER_ERROR = "HttpServerError"
 HTTP_NETWORK_ERROR = "HttpNetworkError"
 
 DEFAULT_HTTP_TIMEOUT = 30.0
+DEFAULT_REDIRECTS = 5
+DESTINATION_REFUSED = "DestinationRefused"
 #: Statuses below 500 that are worth retrying (the server asks to come back later).
 RETRYABLE_CLIENT_STATUSES = frozenset({408, 429})
 #: Longest Retry-After honoured as the next retry delay.
@@ -54,8 +57,9 @@ async def http(task: TaskInput) -> dict[str, Any]:
 
     Input: `url` (http or https), `method` (default GET), `headers` (object), `body` (an object or
     list is sent as JSON, a string as text), `expectStatus` (a status or a list; default any 2xx),
-    `timeoutSeconds` (whole request, default 30), `responseHeaders` (names to keep; default all).
-    Redirects are not followed: a 3xx is unexpected unless listed in `expectStatus`.
+    `timeoutSeconds` (whole request, default 30), `responseHeaders` (names to keep; default all),
+    `followRedirects` (hops to follow, default 5; 0 or false: a 3xx is the answer). Every hop's
+    address is checked like the first (no private networks unless the worker allows them).
     Result: `{"status": int, "headers": {lowercased name: value}, "body": JSON if the response
     says it is JSON, else text; null when empty}`.
     """
@@ -66,19 +70,32 @@ async def http(task: TaskInput) -> dict[str, Any]:
     expected = _expected_statuses(spec.get("expectStatus"))
     timeout = _timeout(spec.get("timeoutSeconds", DEFAULT_HTTP_TIMEOUT))
     keep_headers = _header_names(spec.get("responseHeaders"))
+    redirects = _redirects(spec.get("followRedirects", DEFAULT_REDIRECTS))
     content, json_body = _body(spec.get("body"), headers)
     safe_url = redact_url(url)
 
-    # follow_redirects=False: a redirect could lead anywhere (SSRF); the definition must say so.
     try:
         async with asyncio.timeout(timeout):
-            async with httpx.AsyncClient(follow_redirects=False, timeout=timeout) as client:
-                request = client.build_request(method, url, headers=headers, content=content, json=json_body)
-                response = await client.send(request, stream=True)
+            async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+                response = await guarded_request(
+                    client,
+                    method,
+                    url,
+                    policy=network_policy(),
+                    max_redirects=redirects,
+                    headers=headers,
+                    content=content,
+                    json=json_body,
+                    stream=True,
+                )
                 try:
                     raw = await _read_capped(response, task.max_result_bytes, safe_url)
                 finally:
                     await response.aclose()
+    except BlockedDestination as err:
+        raise ApplicationError(
+            f"{method} {safe_url} refused: {err}", type=DESTINATION_REFUSED, non_retryable=True
+        ) from None
     except TimeoutError:
         raise ApplicationError(
             f"{method} {safe_url} timed out after {timeout:g} s", type=HTTP_NETWORK_ERROR
@@ -192,6 +209,14 @@ def _expected_statuses(value: Any) -> set[int] | None:
     ):
         raise _invalid(f"input.expectStatus must be an HTTP status or a list of them, not {value!r}")
     return set(values)
+
+
+def _redirects(value: Any) -> int:
+    if isinstance(value, bool):
+        return DEFAULT_REDIRECTS if value else 0
+    if isinstance(value, int) and 0 <= value <= 20:
+        return value
+    raise _invalid("input.followRedirects must be true, false or a number of hops from 0 to 20")
 
 
 def _timeout(value: Any) -> float:

@@ -17,7 +17,7 @@ from api import problems
 from api.db import create_engine, listen_url, migrate, session_factory
 from api.graphql.schema import graphql_router
 from api.middleware import SUPPORTED_VERSIONS, ApiVersionMiddleware, RequestBodyMiddleware, media_type
-from api.rest import auth, executions, health, tasks, users, workflows
+from api.rest import auth, executions, health, tasks, users, webhooks, workflows
 from api.services.events import EventFeed
 from api.services.users import UserService
 from api.settings import Settings, get_settings
@@ -112,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
 
     api = APIRouter(prefix="/api")
-    for module in (auth, users, workflows, executions, tasks):
+    for module in (auth, users, workflows, executions, tasks, webhooks):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(graphql_router(settings))

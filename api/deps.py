@@ -17,6 +17,7 @@ from api.services.definitions import DefinitionService
 from api.services.executions import ExecutionService
 from api.services.pagination import MAX_OFFSET, Pagination
 from api.services.users import Principal, UserService
+from api.services.webhooks import WebhookService
 from api.settings import Settings
 
 
@@ -68,6 +69,13 @@ def get_execution_service(session: SessionDep, settings: SettingsDep, temporal: 
 
 
 ExecutionServiceDep = Annotated[ExecutionService, Depends(get_execution_service)]
+
+
+def get_webhook_service(session: SessionDep, settings: SettingsDep) -> WebhookService:
+    return WebhookService(session, settings)
+
+
+WebhookServiceDep = Annotated[WebhookService, Depends(get_webhook_service)]
 
 
 _bearer = HTTPBearer(

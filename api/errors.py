@@ -96,6 +96,20 @@ class TaskExecutionNotFound(NotFound):
         super().__init__(f"Task execution {task_execution_id!r} does not exist.")
 
 
+class WebhookNotFound(NotFound):
+    slug = "webhook-not-found"
+
+    def __init__(self, webhook_id: str):
+        super().__init__(f"Webhook {webhook_id!r} does not exist.")
+
+
+class DeliveryNotFound(NotFound):
+    slug = "delivery-not-found"
+
+    def __init__(self, delivery_id: str):
+        super().__init__(f"Delivery {delivery_id!r} does not exist.")
+
+
 class UserNotFound(NotFound):
     slug = "user-not-found"
 

@@ -86,6 +86,21 @@ class Settings(BaseSettings):
     event_poll_seconds: float = Field(0.1, gt=0, le=10, description="How often watchers look for new events (PostgreSQL also notifies).")
     cancel_wait_seconds: float = Field(45, gt=0, description="How long a cancel request waits for the run to close.")
 
+    # --- webhooks and outbound HTTP ------------------------------------------------------
+    allow_private_networks: bool = Field(
+        False, description="Let webhooks and http tasks reach private, loopback and link-local addresses (tests, local dev)."
+    )
+    webhook_task_queue: str = Field("wfo-webhooks", description="Queue of webhook deliveries (system workers serve it).")
+    webhook_retry_period_seconds: float = Field(24 * 3600, gt=0, description="How long a delivery is retried.")
+    webhook_initial_retry_seconds: float = Field(5, gt=0, description="First retry delay; it doubles each time.")
+    webhook_max_retry_interval_seconds: float = Field(3600, gt=0, description="Longest delay between attempts.")
+    webhook_timeout_seconds: float = Field(10, gt=0, le=120, description="One attempt's time limit.")
+    webhook_disable_after_seconds: float = Field(
+        5 * 24 * 3600, gt=0, description="A webhook failing this long without one success is deactivated."
+    )
+    webhook_test_per_minute: int = Field(10, ge=1, description="Webhook test calls per user per minute.")
+    webhook_dispatch_seconds: float = Field(0.25, gt=0, description="How often workers look for deliveries to start.")
+
     # --- Temporal --------------------------------------------------------------------
     temporal_address: str = Field("localhost:7233", validation_alias=_temporal("ADDRESS"))
     temporal_namespace: str = Field("default", validation_alias=_temporal("NAMESPACE"))

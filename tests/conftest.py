@@ -3,7 +3,6 @@ lifespan, an HTTP client, users of each role, and the Temporal dev server."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -24,8 +23,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.capacity import configure_worker
+from activities.netguard import configure_network
 from activities.registry import load_modules
-
 from api.app import create_app
 from api.settings import Settings
 from tests.loopback import loopback  # noqa: F401  (a real HTTP server on loopback, for any test)
@@ -49,6 +48,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def private_networks_allowed() -> Iterator[None]:
+    """Activities run in the test process reach loopback servers; SSRF tests switch this off."""
+    configure_network(allow_private=True)
+    yield
+    configure_network(allow_private=True)
 
 
 # --- databases -------------------------------------------------------------------------
@@ -79,6 +86,8 @@ def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Set
         "data_dir": data_dir,
         "admin_username": "admin",
         "admin_password": ADMIN_PASSWORD,
+        # Tests talk to HTTP servers on loopback; the SSRF tests turn this off again.
+        "allow_private_networks": True,
         # Nothing listens here unless a test starts Temporal and says so.
         "temporal_address": f"127.0.0.1:{free_port()}",
     }
@@ -184,21 +193,16 @@ async def running_worker(
     client: Client, settings: Settings, *args: str, identity: str = "test-worker"
 ) -> AsyncIterator[list[Worker]]:
     """worker.py's workers, in this process, until the block ends."""
-    from worker import build_workers, parse_args
+    from worker import WorkerSet, parse_args
 
     options = parse_args(["--graceful-shutdown", "2", *args])
     options.queues = options.queues or [settings.system_task_queue, settings.default_task_queue]
     load_modules(options.modules)
     configure_worker(identity)
-    workers, engine = build_workers(client, settings, options, identity)
-    tasks = [asyncio.create_task(w.run()) for w in workers]
-    try:
-        yield workers
-    finally:
-        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if engine is not None:
-            await engine.dispose()
+    configure_network(allow_private=settings.allow_private_networks)
+    worker_set = WorkerSet(client, settings, options, identity)
+    async with worker_set.running():
+        yield worker_set.workers
 
 
 @pytest_asyncio.fixture

@@ -512,14 +512,14 @@ async def failure_recorded_elsewhere(
         watcher = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
         try:
             await other.execute(
-                "INSERT INTO login_failures (key, failures, window_started_at) VALUES (%s, 1, now())", (key,)
+                "INSERT INTO rate_counters (key, hits, window_started_at) VALUES (%s, 1, now())", (key,)
             )
 
             async def blocked() -> None:
                 for _ in range(200):
                     cursor = await watcher.execute(
                         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND wait_event_type = 'Lock' AND query ILIKE 'INSERT INTO login_failures%%'"
+                        "AND wait_event_type = 'Lock' AND query ILIKE 'INSERT INTO rate_counters%%'"
                     )
                     row = await cursor.fetchone()
                     if row and row[0] > 0:
@@ -540,7 +540,7 @@ async def failure_recorded_elsewhere(
         other_sqlite.execute("BEGIN IMMEDIATE")
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
         other_sqlite.execute(
-            "INSERT INTO login_failures (key, failures, window_started_at) VALUES (?, 1, ?)", (key, stamp)
+            "INSERT INTO rate_counters (key, hits, window_started_at) VALUES (?, 1, ?)", (key, stamp)
         )
 
         async def paused() -> None:

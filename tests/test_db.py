@@ -36,7 +36,7 @@ class TestMigrations:
                 tables = set(sa.inspect(conn).get_table_names())
         finally:
             engine.dispose()
-        assert {"users", "login_failures", "workflow_definitions", "workflow_definition_versions", "alembic_version"} <= tables
+        assert {"users", "rate_counters", "workflow_definitions", "workflow_definition_versions", "executions", "task_executions", "execution_events", "milestones", "blockers", "webhooks", "webhook_deliveries", "alembic_version"} <= tables
 
     def test_replicas_starting_together_migrate_once(self, settings):
         failures: list[BaseException] = []

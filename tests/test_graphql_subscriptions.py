@@ -639,10 +639,10 @@ class TestSlowClient:
         "per remaining batch; the same happens whenever events commit between the log read and the state read",
     )
     async def test_a_lagging_subscriber_gets_each_state_once(self, stack: Stack, protocol: str):
-        # 400 parallel tasks write over 1,000 events while the reader, its buffers full of 700 KB
+        # 500 parallel tasks write about 1,500 events while the reader, its buffers full of 900 KB
         # updates after the first few, does not read: it falls more than one batch behind.
-        tasks = [{"id": f"t{i}", "name": f"t{i}"} for i in range(400)]
-        execution_id = await stack.start(tasks, initialContext={"blob": secrets.token_hex(350_000)})
+        tasks = [{"id": f"t{i}", "name": f"t{i}"} for i in range(500)]
+        execution_id = await stack.start(tasks, initialContext={"blob": secrets.token_hex(450_000)})
         async with GraphQLWebSocket.open(stack.ws_b, protocol, token=stack.tokens["viewer"], slow=True) as slow:
             ops = [await slow.subscribe(HEAVY, {"id": execution_id}) for _ in range(4)]
             await stack.operator.wait_status(execution_id, timeout=120)

@@ -269,14 +269,27 @@ class TestHttpTask:
         error = await fail(http_task(loopback.url_for("/created"), expectStatus=201))
         assert error.type == "HttpClientError" and error.non_retryable
 
-    async def test_redirects_are_not_followed(self, loopback: LoopbackServer) -> None:
+    async def test_redirects_are_followed_hop_by_hop(self, loopback: LoopbackServer) -> None:
         loopback.route("/old", status=302, headers={"Location": "/new"})
         loopback.route("/new", json={"moved": True})
-        error = await fail(http_task(loopback.url_for("/old")))
+        outcome = await run(http_task(loopback.url_for("/old")))
+        assert outcome.result["status"] == 200 and outcome.result["body"] == {"moved": True}
+        assert len(loopback.requests_to("/new")) == 1
+
+    async def test_redirects_can_be_refused(self, loopback: LoopbackServer) -> None:
+        loopback.route("/old", status=302, headers={"Location": "/new"})
+        loopback.route("/new", json={"moved": True})
+        error = await fail(http_task(loopback.url_for("/old"), followRedirects=False))
         assert error.type == "HttpClientError" and error.non_retryable and error.details[1]["status"] == 302
-        outcome = await run(http_task(loopback.url_for("/old"), expectStatus=302))
+        outcome = await run(http_task(loopback.url_for("/old"), expectStatus=302, followRedirects=0))
         assert outcome.result["headers"]["location"] == "/new"
         assert loopback.requests_to("/new") == []
+
+    async def test_too_many_redirects_fail(self, loopback: LoopbackServer) -> None:
+        loopback.route("/loop", status=302, headers={"Location": "/loop"})
+        error = await fail(http_task(loopback.url_for("/loop"), followRedirects=3))
+        assert error.type == "DestinationRefused" and error.non_retryable and "more than 3 redirects" in error.message
+        assert len(loopback.requests_to("/loop")) == 4
 
     async def test_server_error_is_retryable(self, loopback: LoopbackServer) -> None:
         loopback.route("/boom", status=503, text="down for maintenance")

@@ -16,6 +16,13 @@ INTERPRETER_WORKFLOW = "Interpreter"
 PUBLISH_ACTIVITY = "wfo.publish_events"
 INSPECT_ACTIVITY = "wfo.inspect_tasks"
 
+#: Webhook deliveries: one workflow per delivery round, on the webhook queue.
+DELIVERY_WORKFLOW = "WebhookDelivery"
+DELIVER_ACTIVITY = "wfo.deliver_webhook"
+GIVE_UP_ACTIVITY = "wfo.give_up_delivery"
+#: Delivery failures that retrying cannot fix (410 Gone, the webhook deactivated, a refused URL).
+FINAL_DELIVERY_ERRORS = ("WebhookGone", "WebhookInactive", "DestinationRefused")
+
 #: Temporal workflow id of an execution: readable in the Web UI and unique per execution.
 WORKFLOW_ID_FORMAT = "{prefix}-{definition_id}-{execution_id}"
 

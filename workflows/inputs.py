@@ -192,3 +192,23 @@ class InspectRequest:
 @dataclass
 class InspectResult:
     tasks: list[TaskInspection] = field(default_factory=list)
+
+
+# --- webhook deliveries ---------------------------------------------------------------------
+
+
+@dataclass
+class DeliveryInput:
+    """One webhook delivery, driven to success or to the end of its retry period."""
+
+    delivery_id: str
+    retry_period_seconds: float = 24 * 3600
+    initial_retry_seconds: float = 5.0
+    max_retry_interval_seconds: float = 3600.0
+    timeout_seconds: float = 10.0
+
+
+@dataclass
+class DeliveryGiveUp:
+    delivery_id: str
+    reason: str

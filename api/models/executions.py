@@ -211,6 +211,13 @@ class ProgressPublic(ApiModel):
     milestones: list[MilestonePublic]
 
 
+def event_time(value: datetime | str | None) -> datetime | None:
+    """Times inside event data arrive as ISO text (Temporal's JSON), at the top level as datetimes."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
+
+
 def compact_json(value: Any) -> str:
     """The context as the API reference shows it: compact JSON text."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -48,13 +48,13 @@ class UserRow(SQLModel, table=True):
     updated_at: datetime = Column_(default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False))
 
 
-class LoginFailureRow(SQLModel, table=True):
-    """Failed logins per key (`user:<name>` or `addr:<ip>`) in the current window."""
+class CounterRow(SQLModel, table=True):
+    """Hits per key in a fixed window: failed logins (`user:<name>`, `addr:<ip>`), webhook tests, ..."""
 
-    __tablename__ = "login_failures"
+    __tablename__ = "rate_counters"
 
     key: str = Column_(sa_column=Column(sa.String(255), primary_key=True))
-    failures: int = Column_(default=0, sa_column=Column(sa.Integer, nullable=False))
+    hits: int = Column_(default=0, sa_column=Column(sa.Integer, nullable=False))
     window_started_at: datetime = Column_(sa_column=Column(UTCDateTime, nullable=False))
 
 

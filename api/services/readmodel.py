@@ -16,8 +16,16 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.db import utcnow
-from api.models.executions import BlockerRow, ExecutionEventRow, ExecutionRow, MilestoneRow, TaskExecutionRow
+from api.models.executions import (
+    BlockerRow,
+    ExecutionEventRow,
+    ExecutionRow,
+    MilestoneRow,
+    TaskExecutionRow,
+    event_time,
+)
 from api.services.events import NOTIFY_CHANNEL
+from api.services.outbox import queue_deliveries
 from workflows.inputs import Event, EventBatch
 
 log = logging.getLogger(__name__)
@@ -54,13 +62,16 @@ async def apply_batch(session: AsyncSession, batch: EventBatch) -> int:
         await session.rollback()
         return 0
     writer = _Writer(session, execution, batch)
+    written: list[tuple[Event, ExecutionEventRow]] = []
     for event in fresh:
-        session.add(
-            ExecutionEventRow(
-                execution_id=execution_id, seq=event.seq, type=event.type, created_at=event.at, data=_jsonable(event.data)
-            )
+        row = ExecutionEventRow(
+            execution_id=execution_id, seq=event.seq, type=event.type, created_at=event.at, data=_jsonable(event.data)
         )
+        session.add(row)
+        written.append((event, row))
         await writer.apply(event)
+    # Webhook deliveries are written with the events they carry: one transaction, none lost.
+    await queue_deliveries(session, execution, written, writer.tasks, writer.blockers)
     execution.last_seq = fresh[-1].seq
     execution.updated_at = utcnow()
     if session.get_bind().dialect.name == "postgresql":
@@ -76,6 +87,7 @@ class _Writer:
         self.execution = execution
         self.batch = batch
         self.tasks: dict[str, TaskExecutionRow] = {}
+        self.blockers: dict[str, BlockerRow] = {}
 
     async def apply(self, event: Event) -> None:
         data = event.data
@@ -92,16 +104,16 @@ class _Writer:
             )
         elif kind == "blocker.detected":
             task_row = await self._task_row(data["taskId"]) if data.get("taskId") else None
-            self.session.add(
-                BlockerRow(
-                    execution_id=self.execution.id,
-                    key=data["key"],
-                    kind=data["kind"],
-                    task_execution_id=task_row.id if task_row else None,
-                    description=data["description"],
-                    created_at=event_time(data["createdAt"]),
-                )
+            blocker = BlockerRow(
+                execution_id=self.execution.id,
+                key=data["key"],
+                kind=data["kind"],
+                task_execution_id=task_row.id if task_row else None,
+                description=data["description"],
+                created_at=event_time(data["createdAt"]),
             )
+            self.session.add(blocker)
+            self.blockers[data["key"]] = blocker
         elif kind == "blocker.resolved":
             await self.session.flush()
             await self.session.exec(
@@ -184,13 +196,6 @@ class _Writer:
         if row is not None and row.id is None:
             await self.session.flush()
         return row
-
-
-def event_time(value: datetime | str | None) -> datetime | None:
-    """Times inside event data arrive as ISO text (Temporal's JSON), at the top level as datetimes."""
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(value)
 
 
 def _jsonable(value: Any) -> Any:

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 
-import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api import security
-from api.db import UTCDateTime, serialize_writes, utcnow
-from api.errors import Conflict, Forbidden, InvalidCredentials, TooManyRequests, Unauthenticated, UserNotFound
+from api.db import serialize_writes, utcnow
+from api.errors import Conflict, Forbidden, InvalidCredentials, Unauthenticated, UserNotFound
 from api.models.users import (
-    LoginFailureRow,
     LoginRequest,
     PasswordReset,
     Role,
@@ -27,6 +22,7 @@ from api.models.users import (
     UserRow,
     UserUpdate,
 )
+from api.services.counters import Counters
 from api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,12 +61,11 @@ def parse_id(raw: str) -> int | None:
 
 
 class LoginThrottle:
-    """Counts failed logins per username and per client address in a fixed window, in the database,
-    so every API replica sees the same counts."""
+    """Failed logins per username and per client address, in a fixed window."""
 
     def __init__(self, session: AsyncSession, settings: Settings):
-        self.session = session
         self.settings = settings
+        self.counters = Counters(session, settings.login_failure_window_seconds)
 
     def _keys(self, username: str, address: str | None) -> list[tuple[str, int]]:
         # Bounded: no user has a name this long, so long names may share one counter.
@@ -80,41 +75,14 @@ class LoginThrottle:
         return keys
 
     async def check(self, username: str, address: str | None) -> None:
-        now = utcnow()
-        window = timedelta(seconds=self.settings.login_failure_window_seconds)
         for key, limit in self._keys(username, address):
-            row = await self.session.get(LoginFailureRow, key, populate_existing=True)
-            if row is None or row.window_started_at + window <= now or row.failures < limit:
-                continue
-            retry_after = int((row.window_started_at + window - now).total_seconds()) + 1
-            raise TooManyRequests("Too many failed logins; try again later.", retry_after)
+            await self.counters.check(key, limit, "Too many failed logins; try again later.")
 
     async def record_failure(self, username: str, address: str | None) -> None:
-        """Count one failure per key in a single upsert, so concurrent replicas never lose a count."""
-        now = utcnow()
-        started = sa.literal(now, UTCDateTime)
-        expired = col(LoginFailureRow.window_started_at) <= sa.literal(
-            now - timedelta(seconds=self.settings.login_failure_window_seconds), UTCDateTime
-        )
-        dialect = self.session.get_bind().dialect.name
-        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-        for key, _ in self._keys(username, address):
-            statement = (
-                insert(LoginFailureRow)
-                .values(key=key, failures=1, window_started_at=now)
-                .on_conflict_do_update(
-                    index_elements=["key"],
-                    set_={
-                        "failures": sa.case((expired, 1), else_=col(LoginFailureRow.failures) + 1),
-                        "window_started_at": sa.case((expired, started), else_=col(LoginFailureRow.window_started_at)),
-                    },
-                )
-            )
-            await self.session.exec(statement)
-        await self.session.commit()
+        await self.counters.hit(*(key for key, _ in self._keys(username, address)))
 
     async def clear_user(self, username: str) -> None:
-        await self.session.exec(sa.delete(LoginFailureRow).where(col(LoginFailureRow.key) == f"user:{username}"))
+        await self.counters.clear(f"user:{username}")
 
 
 class UserService:

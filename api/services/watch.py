@@ -14,10 +14,9 @@ from temporalio.client import Client
 
 from api.db import SessionFactory
 from api.errors import ExecutionNotFound
-from api.models.executions import ExecutionEventRow, ExecutionRow, TaskExecutionRow
+from api.models.executions import ExecutionEventRow, ExecutionRow, TaskExecutionRow, event_time
 from api.services.events import EventFeed
 from api.services.executions import ExecutionDetail, ExecutionService, Progress
-from api.services.readmodel import event_time
 from api.services.users import parse_id
 from api.settings import Settings
 
