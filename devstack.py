@@ -641,6 +641,8 @@ class DevStack:
                 "WFO_JWT_SECRET": credentials.jwt_secret,
                 "WFO_ADMIN_USERNAME": credentials.username,
                 "WFO_ADMIN_PASSWORD": credentials.password,
+                # Local development: http tasks and webhooks may target services on this machine.
+                "WFO_ALLOW_PRIVATE_NETWORKS": "true",
                 "TEMPORAL_ADDRESS": self.temporal_address,
                 "TEMPORAL_NAMESPACE": settings.temporal_namespace,
                 "PYTHONUNBUFFERED": "1",

@@ -37,6 +37,10 @@ class BlockedDestination(Exception):
     """The URL may not be requested; the message says why."""
 
 
+class UnresolvableHost(BlockedDestination):
+    """The name does not resolve (now): nothing can be sent, but it may resolve later."""
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     allow_private: bool = False
@@ -97,9 +101,9 @@ async def resolve(host: str, port: int, policy: Policy) -> IPAddress:
             async with asyncio.timeout(policy.resolve_timeout):
                 infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
-            raise BlockedDestination(f"cannot resolve {host!r}: {exc}") from exc
+            raise UnresolvableHost(f"cannot resolve {host!r}: {exc}") from exc
         except TimeoutError as exc:
-            raise BlockedDestination(f"resolving {host!r} timed out") from exc
+            raise UnresolvableHost(f"resolving {host!r} timed out") from exc
         addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
         if not addresses:
             raise BlockedDestination(f"{host!r} has no address")

@@ -23,6 +23,7 @@ from api.services.events import EventFeed
 from api.services.executions import ExecutionService
 from api.services.users import Principal, UserService
 from api.services.watch import ExecutionWatcher
+from api.services.webhooks import WebhookService
 from api.settings import Settings
 
 
@@ -33,6 +34,7 @@ class Services:
     definitions: DefinitionService
     executions: ExecutionService
     users: UserService
+    webhooks: WebhookService
 
 
 def bearer_token(value: Any) -> str | None:
@@ -61,6 +63,7 @@ class Context(BaseContext):
                 definitions=DefinitionService(session, self.settings),
                 executions=ExecutionService(session, self.settings, self.temporal),
                 users=UserService(session, self.settings),
+                webhooks=WebhookService(session, self.settings),
             )
 
     def watcher(self) -> ExecutionWatcher:

@@ -13,9 +13,15 @@ from api.graphql.context import Context
 from api.graphql.scalars import JSON
 from api.graphql.types import (
     CreateWorkflowDefinitionInput,
+    RegisterWebhookInput,
     StartWorkflowExecutionInput,
     TaskExecution,
+    TestWebhookInput,
+    UpdateWebhookInput,
     UpdateWorkflowDefinitionInput,
+    Webhook,
+    WebhookDelivery,
+    WebhookTestResult,
     WorkflowDefinition,
     WorkflowExecution,
     payload,
@@ -23,7 +29,9 @@ from api.graphql.types import (
 from api.models.definitions import DefinitionIn
 from api.models.executions import ExecutionCreate
 from api.models.users import Role
+from api.models.webhooks import WebhookCreate, WebhookTest, WebhookUpdate
 from api.problems import parse_body
+from api.services.webhooks import present, present_delivery
 
 
 def _context_object(value: Any) -> Any:
@@ -104,3 +112,40 @@ class Mutation:
         user = await info.context.principal(Role.OPERATOR)
         async with info.context.services() as services:
             return TaskExecution.of(await services.executions.decide(user, id, approve=False, value=reason))
+
+    @strawberry.mutation(description="Register a webhook; the answer carries its secret (generated when absent), once.")
+    async def register_webhook(self, info: Info[Context, None], input: RegisterWebhookInput) -> Webhook:
+        user = await info.context.principal(Role.OPERATOR)
+        data = parse_body(WebhookCreate, payload(input))
+        async with info.context.services() as services:
+            return Webhook.of(present(await services.webhooks.create(user, data), 2, reveal_secret=True))
+
+    @strawberry.mutation(description="Change a webhook's URL, events or active flag (and secret, if given).")
+    async def update_webhook(self, info: Info[Context, None], id: strawberry.ID, input: UpdateWebhookInput) -> Webhook:
+        user = await info.context.principal(Role.OPERATOR)
+        data = parse_body(WebhookUpdate, payload(input))
+        async with info.context.services() as services:
+            return Webhook.of(present(await services.webhooks.update(user, id, data), 2))
+
+    @strawberry.mutation(description="Delete a webhook.")
+    async def delete_webhook(self, info: Info[Context, None], id: strawberry.ID) -> bool:
+        user = await info.context.principal(Role.OPERATOR)
+        async with info.context.services() as services:
+            await services.webhooks.delete(user, id)
+        return True
+
+    @strawberry.mutation(description="Send a delivery again: same body, same webhook-id.")
+    async def redeliver_webhook_delivery(
+        self, info: Info[Context, None], webhook_id: strawberry.ID, delivery_id: strawberry.ID
+    ) -> WebhookDelivery:
+        user = await info.context.principal(Role.OPERATOR)
+        async with info.context.services() as services:
+            return WebhookDelivery.of(present_delivery(await services.webhooks.redeliver(user, webhook_id, delivery_id)))
+
+    @strawberry.mutation(description="Send one signed test request now; says how the receiver answered.")
+    async def test_webhook(self, info: Info[Context, None], input: TestWebhookInput) -> WebhookTestResult:
+        user = await info.context.principal(Role.OPERATOR)
+        data = parse_body(WebhookTest, payload(input))
+        async with info.context.services() as services:
+            result = await services.webhooks.test(user, data)
+        return WebhookTestResult(success=result.success, status_code=result.status_code, message=result.message)

@@ -13,6 +13,10 @@ from api.graphql.types import (
     TaskExecutionPage,
     TaskStatus,
     User,
+    Webhook,
+    WebhookDelivery,
+    WebhookDeliveryPage,
+    WebhookPage,
     WorkflowDefinition,
     WorkflowDefinitionPage,
     WorkflowDefinitionVersionPage,
@@ -22,6 +26,7 @@ from api.graphql.types import (
 from api.models.executions import ExecutionStatus as ExecutionStatusValue
 from api.models.executions import TaskStatus as TaskStatusValue
 from api.services.pagination import Pagination
+from api.services.webhooks import present, present_delivery
 
 
 def page(info: Info[Context, None], limit: int, offset: int) -> Pagination:
@@ -112,6 +117,32 @@ class Query:
         async with info.context.services() as services:
             rows, total = await services.executions.tasks(workflow_execution_id, p.limit, p.offset, wanted)
         return TaskExecutionPage(items=[TaskExecution.of(r) for r in rows], total=total, limit=p.limit, offset=p.offset)
+
+    @strawberry.field(description="Your webhooks (admins: all); secrets masked.")
+    async def webhooks(self, info: Info[Context, None], limit: int = 10, offset: int = 0) -> WebhookPage:
+        user = await info.context.principal()
+        p = page(info, limit, offset)
+        async with info.context.services() as services:
+            rows, total = await services.webhooks.list(user, p.limit, p.offset)
+        return WebhookPage(items=[Webhook.of(present(r, 2)) for r in rows], total=total, limit=p.limit, offset=p.offset)
+
+    @strawberry.field
+    async def webhook(self, info: Info[Context, None], id: strawberry.ID) -> Webhook:
+        user = await info.context.principal()
+        async with info.context.services() as services:
+            return Webhook.of(present(await services.webhooks.get(user, id), 2))
+
+    @strawberry.field(description="A webhook's deliveries, newest first.")
+    async def webhook_deliveries(
+        self, info: Info[Context, None], webhook_id: strawberry.ID, limit: int = 10, offset: int = 0
+    ) -> WebhookDeliveryPage:
+        user = await info.context.principal()
+        p = page(info, limit, offset)
+        async with info.context.services() as services:
+            rows, total = await services.webhooks.deliveries(user, webhook_id, p.limit, p.offset)
+        return WebhookDeliveryPage(
+            items=[WebhookDelivery.of(present_delivery(r)) for r in rows], total=total, limit=p.limit, offset=p.offset
+        )
 
     @strawberry.field
     async def progress_report(self, info: Info[Context, None], workflow_execution_id: strawberry.ID) -> ProgressReport:

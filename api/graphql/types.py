@@ -19,6 +19,7 @@ from api.models.executions import (
     compact_json,
 )
 from api.models.users import UserPublic
+from api.models.webhooks import DeliveryPublic, WebhookPublicV2
 
 if TYPE_CHECKING:
     from api.services.executions import Progress
@@ -336,6 +337,85 @@ class ExecutionEvent:
     data: JSON
 
 
+# --- webhooks ------------------------------------------------------------------------------
+
+
+@strawberry.type(description="A webhook registration. The secret appears in registerWebhook's answer only; masked after.")
+class Webhook:
+    id: strawberry.ID
+    url: str
+    events: list[str]
+    secret: str | None
+    active: bool
+    created_at: DateTime
+    deactivated_reason: str | None
+    last_success_at: DateTime | None
+
+    @classmethod
+    def of(cls, public: WebhookPublicV2) -> Webhook:
+        return cls(
+            id=strawberry.ID(public.id),
+            url=public.url,
+            events=public.events,
+            secret=public.secret,
+            active=public.active,
+            created_at=public.created_at,
+            deactivated_reason=public.deactivated_reason,
+            last_success_at=public.last_success_at,
+        )
+
+
+@strawberry.type
+class WebhookDelivery:
+    id: strawberry.ID
+    webhook_id: strawberry.ID
+    event: str
+    event_id: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    last_attempt_at: DateTime | None
+    next_attempt_at: DateTime | None
+    created_at: DateTime
+    delivered_at: DateTime | None
+
+    @classmethod
+    def of(cls, public: DeliveryPublic) -> WebhookDelivery:
+        return cls(**{**public.model_dump(by_alias=False), "status": public.status.value})
+
+
+@strawberry.type
+class WebhookTestResult:
+    success: bool
+    status_code: int | None
+    message: str
+
+
+@strawberry.input
+class RegisterWebhookInput:
+    url: str
+    events: list[str]
+    secret: str | None = strawberry.UNSET
+    active: bool | None = strawberry.UNSET
+
+
+@strawberry.input
+class UpdateWebhookInput:
+    url: str
+    events: list[str]
+    active: bool | None = strawberry.UNSET
+    secret: str | None = strawberry.UNSET
+
+
+@strawberry.input
+class TestWebhookInput:
+    url: str
+    event: str | None = strawberry.UNSET
+    payload: JSON | None = strawberry.UNSET
+    secret: str | None = strawberry.UNSET
+
+
 # --- pages ---------------------------------------------------------------------------------
 
 
@@ -366,6 +446,22 @@ class WorkflowExecutionPage:
 @strawberry.type
 class TaskExecutionPage:
     items: list[TaskExecution]
+    total: int
+    limit: int
+    offset: int
+
+
+@strawberry.type
+class WebhookPage:
+    items: list[Webhook]
+    total: int
+    limit: int
+    offset: int
+
+
+@strawberry.type
+class WebhookDeliveryPage:
+    items: list[WebhookDelivery]
     total: int
     limit: int
     offset: int

@@ -13,7 +13,14 @@ from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from activities import signing
-from activities.netguard import BlockedDestination, Policy, check_url, guarded_request, resolve
+from activities.netguard import (
+    BlockedDestination,
+    Policy,
+    UnresolvableHost,
+    check_url,
+    guarded_request,
+    resolve,
+)
 from api.db import utcnow
 from api.errors import Conflict, DeliveryNotFound, InvalidInput, WebhookNotFound
 from api.models.users import Role
@@ -211,9 +218,13 @@ class WebhookService:
         return WebhookTestResult(success=False, status_code=response.status_code, message=message)
 
     async def _check_destination(self, url: str) -> None:
+        """Refuse what is known to be off limits now; a name that does not resolve yet is let
+        through (deliveries check again, and fail saying why, until it does)."""
         try:
             _, host, port = check_url(url)
             await resolve(host, port, self.policy)
+        except UnresolvableHost:
+            return
         except BlockedDestination as exc:
             raise InvalidInput("The webhook URL is not allowed.", [{"pointer": "#/url", "detail": str(exc)}]) from exc
 
