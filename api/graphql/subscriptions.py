@@ -45,8 +45,9 @@ class Subscription:
             yield WorkflowExecution.of(detail.row, detail.tasks)
 
     @strawberry.subscription(
-        description="Every task execution now, then each task change in order, until the execution finishes. "
-        "With afterSequence (a `sequence` already received), resumes after it instead."
+        description="Every task execution as it is now (oldest change first), then each task change in order, "
+        "until the execution finishes. With afterSequence (the last `sequence` received): every task change "
+        "after it instead, so a client that reconnects misses nothing."
     )
     async def task_execution_updated(
         self, info: Info[Context, None], workflow_execution_id: strawberry.ID, after_sequence: int | None = None

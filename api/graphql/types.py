@@ -140,6 +140,12 @@ class WorkflowDefinition:
         )
 
 
+def _fields(model: Any) -> dict[str, Any]:
+    """A pydantic model's attributes as they are (``model_dump`` would run the field
+    serializers, turning datetimes into strings the DateTime scalar cannot format)."""
+    return {name: getattr(model, name) for name in type(model).model_fields}
+
+
 def _resources(values: dict[str, Any]) -> ResourceRequirements:
     custom = values.pop("custom", None)
     return ResourceRequirements(
@@ -157,7 +163,7 @@ class WorkflowDefinitionVersion:
 
     @classmethod
     def of(cls, summary: DefinitionVersionSummary) -> WorkflowDefinitionVersion:
-        return cls(**summary.model_dump(by_alias=False))
+        return cls(**_fields(summary))
 
 
 # --- executions ----------------------------------------------------------------------------
@@ -173,8 +179,9 @@ class TaskExecution:
     attempts: int
     error: str | None
     resources: JSON | None
-    sequence: int | None = strawberry.field(
-        default=None, description="In subscriptions: the event that left the task in this state."
+    sequence: int = strawberry.field(
+        description="The sequence number of the execution event that left the task in this state "
+        "(give it as taskExecutionUpdated's afterSequence to resume after it)."
     )
 
     @classmethod
@@ -188,7 +195,7 @@ class TaskExecution:
             attempts=row.attempts,
             error=row.error,
             resources=row.resources,
-            sequence=sequence,
+            sequence=row.seq if sequence is None else sequence,
         )
 
 
@@ -382,7 +389,7 @@ class WebhookDelivery:
 
     @classmethod
     def of(cls, public: DeliveryPublic) -> WebhookDelivery:
-        return cls(**{**public.model_dump(by_alias=False), "status": public.status.value})
+        return cls(**{**_fields(public), "status": public.status.value})
 
 
 @strawberry.type
@@ -478,7 +485,7 @@ class User:
 
     @classmethod
     def of(cls, public: UserPublic) -> User:
-        return cls(**{**public.model_dump(by_alias=False), "role": public.role.value})
+        return cls(**{**_fields(public), "role": public.role.value})
 
 
 # --- inputs --------------------------------------------------------------------------------

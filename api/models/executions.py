@@ -83,6 +83,8 @@ class TaskExecutionRow(SQLModel, table=True):
     error: str | None = Column_(default=None, sa_column=Column(sa.Text, nullable=True))
     resources: dict[str, Any] | None = Column_(default=None, sa_column=Column(JSONDocument, nullable=True))
     updated_at: datetime = Column_(default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False))
+    #: The sequence number of the event that left the task in this state.
+    seq: int = Column_(default=0, sa_column=Column(sa.Integer, nullable=False, server_default="0"))
 
 
 class ExecutionEventRow(SQLModel, table=True):

@@ -7,11 +7,12 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
 import sqlalchemy as sa
-from pydantic import Field, SecretStr, StringConstraints, field_validator
+from pydantic import AfterValidator, Field, SecretStr, StringConstraints, field_validator
 from sqlmodel import Column, SQLModel
 from sqlmodel import Field as Column_
 
 from api.db import JSONDocument, UTCDateTime, utcnow
+from activities.netguard import BlockedDestination, check_url
 from api.models.base import ApiModel, RequestModel, Timestamp
 
 #: Every event a webhook can subscribe to; `*` subscribes to all of them.
@@ -96,7 +97,16 @@ class WebhookDeliveryRow(SQLModel, table=True):
 
 # --- requests ------------------------------------------------------------------------------
 
-WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+def _http_url(url: str) -> str:
+    """The URL's form (scheme, host); where it points is checked against the network policy later."""
+    try:
+        check_url(url)
+    except BlockedDestination as exc:
+        raise ValueError(str(exc)) from exc
+    return url
+
+
+WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_http_url)]
 EventName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
@@ -141,7 +151,8 @@ class WebhookUpdate(RequestModel):
 
 
 class WebhookTest(RequestModel):
-    url: WebhookUrl
+    # Any string: what is wrong with it is the test's answer ({success: false, message}).
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
     event: EventName = "workflow.execution.completed"
     payload: dict[str, Any] = Field(default_factory=dict, description="The event's `data`.")
     secret: SecretStr | None = Field(None, max_length=256, description="Signs the test request; unsigned without.")

@@ -175,6 +175,7 @@ class _Writer:
         row.error = data.get("error")
         row.resources = _jsonable(data.get("resources"))
         row.updated_at = event.at
+        row.seq = event.seq
         if event.type == "task.execution.completed" and "contextKey" in data:
             # A new dict: SQLAlchemy notices a replaced JSON value, not an in-place change.
             self.execution.context = {**self.execution.context, data["contextKey"]: data.get("result")}

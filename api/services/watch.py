@@ -6,8 +6,9 @@ own: a subscription may last hours and must not hold a database connection meanw
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlmodel import col, select
 from temporalio.client import Client
@@ -25,6 +26,8 @@ TERMINAL_EVENTS = frozenset({"workflow.execution.completed", "workflow.execution
 #: Longest a watcher sleeps without looking at the log (a lost wake-up costs at most this).
 RECHECK_SECONDS = 2.0
 BATCH = 500
+
+S = TypeVar("S")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,43 +82,67 @@ class ExecutionWatcher:
 
     async def executions(self, execution_id: str) -> AsyncIterator[ExecutionDetail]:
         """The execution now, then again after every change; ends once it has finished."""
-        detail = await self._detail(execution_id)
-        yield detail
-        if _finished(detail.row):
-            return
-        async for change in self.changes(execution_id, detail.row.last_seq):
-            detail = await self.feed.shared.get(
-                ("execution", execution_id, change.events[-1].seq), lambda: self._detail(execution_id)
-            )
+        async for detail in self._follow(execution_id, "execution", self._detail, lambda d: d.row):
             yield detail
-
-    async def tasks(self, execution_id: str, after_seq: int | None = None) -> AsyncIterator[tuple[TaskExecutionRow, int]]:
-        """Every task execution now (unless resuming after a sequence number), then each task
-        change as it happened, in order, each with the sequence number it is current as of;
-        ends once the execution has finished."""
-        if after_seq is None:
-            detail = await self._detail(execution_id)
-            for task in detail.tasks:
-                yield task, detail.row.last_seq
-            if _finished(detail.row):
-                return
-            after_seq = detail.row.last_seq
-        ids: dict[str, int] = {}
-        async for change in self.changes(execution_id, after_seq):
-            for event in change.events:
-                if event.type.startswith("task.execution."):
-                    yield await self._task_state(event, ids), event.seq
 
     async def progress(self, execution_id: str) -> AsyncIterator[Progress]:
         """The progress report now, then after every change; ends once the execution has finished."""
-        report = await self._progress(execution_id)
-        yield report
-        if _finished(report.execution):
-            return
-        async for change in self.changes(execution_id, report.execution.last_seq):
-            yield await self.feed.shared.get(
-                ("progress", execution_id, change.events[-1].seq), lambda: self._progress(execution_id)
+        async for report in self._follow(execution_id, "progress", self._progress, lambda p: p.execution):
+            yield report
+
+    async def _follow(
+        self,
+        execution_id: str,
+        kind: str,
+        load: Callable[[str], Awaitable[S]],
+        row_of: Callable[[S], ExecutionRow],
+    ) -> AsyncIterator[S]:
+        """A state now, then each newer one (the execution row's `last_seq` says how new), once
+        each, until the execution has finished. A watcher that fell behind skips straight to the
+        latest state instead of re-reading one per missed change."""
+        state = await load(execution_id)
+        yield state
+        while not _finished(row_of(state)):
+            row = row_of(state)
+            assert row.id is not None
+            seen = row.last_seq
+            await self.feed.wait_beyond(row.id, seen, RECHECK_SECONDS)
+            fresh = await self.feed.shared.get(
+                (kind, execution_id, seen), lambda: load(execution_id), keep=lambda s: row_of(s).last_seq > seen
             )
+            if row_of(fresh).last_seq > seen:
+                state = fresh
+                yield state
+
+    async def tasks(self, execution_id: str, after_seq: int | None = None) -> AsyncIterator[tuple[TaskExecutionRow, int]]:
+        """Every task execution as it is now, oldest change first, each with the sequence number
+        of the event that left it so; then each task change as it happens, in order; ends once
+        the execution has finished. With `after_seq`: every task change after it instead of the
+        picture now, so a client that resumes after the last number it received misses nothing."""
+        cursor = after_seq
+        if cursor is None:
+            # The execution first: if it had finished, every task read below is final.
+            row = await self._execution(execution_id)
+            async with self.sessions() as session:
+                # One statement, so one consistent picture as of some batch of events (batches
+                # commit whole and in order): following the log after its newest task misses nothing.
+                tasks = list(
+                    await session.exec(
+                        select(TaskExecutionRow)
+                        .where(TaskExecutionRow.execution_id == row.id)
+                        .order_by(col(TaskExecutionRow.seq), col(TaskExecutionRow.id))
+                    )
+                )
+            for task in tasks:
+                yield task, task.seq
+            if _finished(row):
+                return
+            cursor = max((t.seq for t in tasks), default=0)
+        ids: dict[str, int] = {}
+        async for change in self.changes(execution_id, cursor):
+            for event in change.events:
+                if event.type.startswith("task.execution."):
+                    yield await self._task_state(event, ids), event.seq
 
     async def _detail(self, execution_id: str) -> ExecutionDetail:
         async with self.sessions() as session:
