@@ -8,16 +8,20 @@
 VENV ?= .venv
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): most tests wait on servers, so two keep both cores busy.
+TEST_WORKERS ?= 2
+BENCH_ARGS ?=
 
 VENV_PYTHON := $(VENV)/bin/python
 PIP := $(VENV_PYTHON) -m pip --disable-pip-version-check
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test clean
+.PHONY: help install run test bench clean
 
 help:
 	@echo "make run      start Temporal dev server + API + worker, print URLs and the admin login"
 	@echo "make test     run the tests (PYTEST_ARGS='...' passes arguments to pytest)"
+	@echo "make bench    run the benchmarks (bench/README.md); BENCH_ARGS='--only engine' runs some"
 	@echo "make install  create $(VENV) and install the project with the dev extra"
 	@echo "make clean    remove $(VENV) and build/test caches (the data dir .data is kept)"
 
@@ -38,13 +42,21 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV_PYTHON)
 	$(PIP) install --quiet -e '.[test]'
 	@touch $@
 
+$(VENV)/.installed-bench: pyproject.toml | $(VENV_PYTHON)
+	@echo "installing the project and the bench extra into $(VENV) ..."
+	$(PIP) install --quiet -e '.[bench]'
+	@touch $@
+
 install: $(VENV)/.installed-dev
 
 run: $(VENV)/.installed-dev
 	exec $(VENV_PYTHON) -m devstack
 
 test: $(VENV)/.installed-test
-	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
+	$(VENV_PYTHON) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-bench
+	$(VENV_PYTHON) -m bench $(BENCH_ARGS)
 
 clean:
 	@if [ -f "$(VENV)/pyvenv.cfg" ]; then echo "removing $(VENV)"; rm -rf "$(VENV)"; fi

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     max_result_bytes: int = Field(256 * 1024, ge=1024, description="Largest task result (JSON).")
     max_context_bytes: int = Field(1024 * 1024, ge=1024, description="Largest execution context (JSON).")
     inspect_after_seconds: float = Field(10, gt=0, description="A task scheduled this long gets checked for workers.")
+    continue_after_events: int = Field(
+        10_000,
+        ge=500,
+        le=40_000,
+        description="History length at which an execution's workflow continues as a new run (Temporal's limit is 51,200).",
+    )
     event_poll_seconds: float = Field(0.1, gt=0, le=10, description="How often watchers look for new events (PostgreSQL also notifies).")
     cancel_wait_seconds: float = Field(45, gt=0, description="How long a cancel request waits for the run to close.")
 

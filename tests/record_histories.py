@@ -29,6 +29,9 @@ Scenarios (file names):
   cancel              cancelled while an http task waits for a slow answer and a sleep runs
   approval            one approval completed with an output, a dependent task uses it
   sync_point_missed   a synchronization point with a 2 s deadline on an approval nobody decides
+  continue_as_new_first_run   30 tasks, a sleep and a waiting approval, 100 events to a run: the first
+                      run drains and continues as new ...
+  continue_as_new_last_run    ... and the last one gets the approval and completes
 """
 
 from __future__ import annotations
@@ -267,6 +270,41 @@ async def sync_point_missed(r: Recorder) -> dict[str, WorkflowHistory]:
     return {"sync_point_missed": await r.finish(definition, execution, "FAILED")}
 
 
+async def continue_as_new(r: Recorder) -> dict[str, WorkflowHistory]:
+    """The history grows past the threshold while an approval waits and a sleep runs: the run
+    drains its activities and continues as new; the next run gets the decision and finishes."""
+    fan = [{"id": f"f{i}", "name": f"f{i}"} for i in range(30)]
+    definition = await r.api.define(
+        "continue-as-new",
+        [
+            {"id": "gate", "name": "gate", "type": "approval"},
+            {"id": "nap", "name": "nap", "type": "sleep", "input": {"seconds": 3}},
+            *fan,
+            {"id": "after", "name": "after", "dependencies": ["gate", "nap", *(f["id"] for f in fan)]},
+        ],
+    )
+    before = r.settings.continue_after_events
+    r.settings.continue_after_events = 100  # not validated on assignment: below the settings' floor on purpose
+    try:
+        execution = await r.api.start(definition)
+    finally:
+        r.settings.continue_after_events = before
+    gate = await r.task_id(execution["id"], "gate", ("WAITING",))
+    for _ in range(600):
+        if len(await r.run_ids(definition, execution["id"])) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise RuntimeError("the execution did not continue as new")
+    await r.post(f"/api/tasks/{gate}/complete", {"output": "go"})
+    await r.finish(definition, execution, "COMPLETED")
+    runs = await r.run_ids(definition, execution["id"])
+    return {
+        "continue_as_new_first_run": await r.history(definition, execution["id"], runs[0]),
+        "continue_as_new_last_run": await r.history(definition, execution["id"], runs[-1]),
+    }
+
+
 SCENARIOS: dict[str, Scenario] = {
     "chain": chain,
     "fan_out_fan_in": fan_out_fan_in,
@@ -276,6 +314,7 @@ SCENARIOS: dict[str, Scenario] = {
     "cancel": cancel,
     "approval": approval,
     "sync_point_missed": sync_point_missed,
+    "continue_as_new": continue_as_new,
 }
 
 

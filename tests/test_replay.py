@@ -35,6 +35,8 @@ EXPECTED = {
     "cancel": EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
     "approval": EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
     "sync_point_missed": EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
+    "continue_as_new_first_run": EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+    "continue_as_new_last_run": EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
 }
 
 
@@ -77,6 +79,11 @@ class TestRecordedHistories:
         assert EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED in event_types(load("cancel"))
         assert EventType.EVENT_TYPE_TIMER_FIRED in event_types(load("sync_point"))
         assert EventType.EVENT_TYPE_TIMER_FIRED in event_types(load("sync_point_missed"))
+        # A continued run: started by the first one's continue-as-new, carrying the waiting approval.
+        last = load("continue_as_new_last_run").events[0].workflow_execution_started_event_attributes
+        assert last.continued_execution_run_id
+        assert updates in event_types(load("continue_as_new_last_run"))
+        assert EventType.EVENT_TYPE_TIMER_STARTED in event_types(load("continue_as_new_first_run"))
 
 
 class TestReplay:

@@ -6,7 +6,10 @@ in their histories, and the replay test fails when an old history no longer deco
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import base64
+import json
+import zlib
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -61,6 +64,9 @@ class EngineOptions:
     max_context_bytes: int = 1024 * 1024
     #: Seconds a task may be scheduled before the engine looks for workers on its queue.
     inspect_after: float = 10.0
+    #: History length (events) at which a run hands the execution over to a new run
+    #: (continue-as-new), far below Temporal's limit of 51,200 events.
+    continue_after_events: int = 10_000
 
 
 # --- task activities ------------------------------------------------------------------------
@@ -123,6 +129,11 @@ class ResumeState:
     reached_sync_points: list[str] = field(default_factory=list)
     #: The failed task to rerun (with everything that depends on it).
     retry_task_id: str | None = None
+    #: A running execution continued as new (its history grew long), not a reopened one:
+    #: WAITING tasks (sleeps, approvals) go on waiting and nothing is announced again.
+    continued: bool = False
+    #: Blockers still open (snapshots), for a continued run.
+    blockers: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -135,6 +146,26 @@ class InterpreterInput:
     context: dict[str, Any] = field(default_factory=dict)
     options: EngineOptions = field(default_factory=EngineOptions)
     resume: ResumeState | None = None
+    #: The tasks, packed (see pack_tasks), instead of `tasks` when the list is large.
+    packed_tasks: str | None = None
+
+    def task_specs(self) -> list[TaskSpec]:
+        return unpack_tasks(self.packed_tasks) if self.packed_tasks is not None else self.tasks
+
+
+def pack_tasks(tasks: list[TaskSpec]) -> str:
+    """Task specs as base64 of deflated compact JSON: a 10,000-task DAG is some 3 MB as plain
+    JSON, over what one Temporal payload may carry (2 MB), and about a tenth of that packed."""
+    raw = json.dumps([asdict(t) for t in tasks], separators=(",", ":")).encode()
+    return base64.b64encode(zlib.compress(raw, 6)).decode("ascii")
+
+
+def unpack_tasks(packed: str) -> list[TaskSpec]:
+    specs = []
+    for item in json.loads(zlib.decompress(base64.b64decode(packed))):
+        retry = RetrySpec(**item.pop("retry"))
+        specs.append(TaskSpec(**item, retry=retry))
+    return specs
 
 
 @dataclass

@@ -12,6 +12,7 @@ Deterministic: time, randomness and I/O only through Temporal's APIs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,7 +33,9 @@ with workflow.unsafe.imports_passed_through():
         InspectResult,
         InterpreterInput,
         InterpreterResult,
+        ResumeState,
         SyncPointSpec,
+        TaskCarryOver,
         TaskInput,
         TaskOutcome,
         TaskSpec,
@@ -57,10 +60,13 @@ UNKNOWN_TYPE_ERROR = "NotFoundError"
 
 #: Publishing retries until the database answers; meanwhile the DAG waits.
 PUBLISH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
-PUBLISH_TIMEOUT = timedelta(seconds=10)
+#: Longer than SQLite's busy timeout (10 s): a writer queued for the lock gets its answer from SQLite.
+PUBLISH_TIMEOUT = timedelta(seconds=30)
 INSPECT_TIMEOUT = timedelta(seconds=10)
 #: Longest gap between inspections of a long-running task.
 INSPECT_MAX_INTERVAL = 300.0
+#: A run hands over on Temporal's suggestion only once its history is at least this long.
+HANDOVER_FLOOR_EVENTS = 2_000
 
 
 @dataclass
@@ -76,6 +82,8 @@ class _Task:
     resources: dict[str, Any] | None = None
     runner: asyncio.Task[None] | None = None
     decision: tuple[str, Any] | None = None
+    #: WAITING when the previous run continued as new: it goes on waiting, unannounced.
+    carried: bool = False
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -135,7 +143,8 @@ class InterpreterWorkflow:
     @workflow.init
     def __init__(self, input: InterpreterInput) -> None:
         self.input = input
-        self.tasks = {spec.id: _Task(spec) for spec in input.tasks}
+        specs = input.task_specs()
+        self.tasks = {spec.id: _Task(spec) for spec in specs}
         self.sync_points: dict[str, SyncPointSpec] = {p.id: p for p in input.sync_points}
         self.reached: dict[str, datetime] = {}
         self.missed: set[str] = set()
@@ -153,22 +162,25 @@ class InterpreterWorkflow:
         self.timers: list[asyncio.Task[None]] = []
         self.inspections: dict[str, _Inspection] = {}
         # Incremental bookkeeping, so a completion costs its out-degree, not the DAG's size.
-        self.order = {spec.id: index for index, spec in enumerate(input.tasks)}
+        self.order = {spec.id: index for index, spec in enumerate(specs)}
         self.dependents: dict[str, list[str]] = {}  # node -> tasks that depend on it
         self.gates: dict[str, list[str]] = {}  # task -> synchronization points that require it
-        for spec in input.tasks:
+        for spec in specs:
             for dep in spec.dependencies:
                 self.dependents.setdefault(dep, []).append(spec.id)
         for point in input.sync_points:
             for required in point.required_tasks:
                 self.gates.setdefault(required, []).append(point.id)
-        self.unmet = {spec.id: len(set(spec.dependencies)) for spec in input.tasks}
+        self.unmet = {spec.id: len(set(spec.dependencies)) for spec in specs}
         self.sync_unmet = {point.id: len(set(point.required_tasks)) for point in input.sync_points}
         self.ready: set[str] = set()
         self.running: dict[str, _Task] = {}
         #: Marked as started, events not yet published, not running yet.
         self.starting: list[_Task] = []
         self.completed = 0
+        #: The history grew long: nothing new starts; once running activities are done, the
+        #: execution continues as a new run (continue-as-new).
+        self.draining = False
         resume = input.resume
         if resume is not None:
             self.started_at = resume.started_at
@@ -185,10 +197,17 @@ class InterpreterWorkflow:
                 task.resources = carried.resources
                 if carried.status == COMPLETED or (carried.status == FAILED and carried.id != resume.retry_task_id):
                     task.status, task.error = carried.status, carried.error
+                elif carried.status == WAITING and resume.continued:
+                    task.status, task.carried = WAITING, True
                 # Everything else (the retried task, tasks never run or cancelled) starts again.
             for task in self.tasks.values():
                 if task.status == COMPLETED:
                     self._node_done(task.spec.id, announce=False)
+            for snapshot in resume.blockers:
+                blocker = _Blocker(
+                    snapshot["key"], snapshot["kind"], snapshot["description"], snapshot.get("taskId"), _time(snapshot["createdAt"])
+                )
+                self.blockers[blocker.key] = blocker
         self.ready |= {tid for tid, count in self.unmet.items() if count == 0 and self.tasks[tid].status == PENDING}
         #: The context's size as compact JSON, kept up to date as results are merged.
         self.context_bytes = _json_size(self.context)
@@ -206,6 +225,8 @@ class InterpreterWorkflow:
                 self._launch()
                 if self._settled():
                     break
+                if self._handover_due():
+                    await self._continue_as_new()
                 try:
                     await workflow.wait_condition(lambda: self.changed, timeout=self._next_inspection_in())
                 except asyncio.TimeoutError:
@@ -221,6 +242,9 @@ class InterpreterWorkflow:
         return await self._finish()
 
     def _begin(self) -> None:
+        if self.input.resume is not None and self.input.resume.continued:
+            self._carry_on()
+            return
         reopened = self.input.resume is not None
         milestones = [
             {"key": "initialization", "name": "Initialization", "description": "Workflow initialization"},
@@ -254,9 +278,12 @@ class InterpreterWorkflow:
 
     def _advance(self) -> None:
         """Mark every task whose dependencies are done as started, in definition order."""
-        ready, self.ready = sorted(self.ready, key=self.order.__getitem__), set()
         if self.failure is not None:
+            self.ready = set()
             return  # a missed synchronization point failed the execution: nothing new starts
+        if self.draining:
+            return  # the next run starts them
+        ready, self.ready = sorted(self.ready, key=self.order.__getitem__), set()
         for task_id in ready:
             if self.tasks[task_id].status == PENDING:
                 self._start(self.tasks[task_id])
@@ -295,6 +322,54 @@ class InterpreterWorkflow:
     def _settled(self) -> bool:
         """Nothing runs, nothing waits, nothing more can start."""
         return not self.running and not self.ready and not self.starting
+
+    # --- continue-as-new -----------------------------------------------------------------
+
+    def _handover_due(self) -> bool:
+        """Whether to continue as a new run now: the history is long (or Temporal suggests it),
+        and every running activity has finished (sleeps and approvals go on in the next run)."""
+        if self.failure is not None:
+            return False  # the run ends soon, failed: nothing to hand over
+        if not self.draining:
+            info = workflow.info()
+            length = info.get_current_history_length()
+            # Temporal's suggestion (history size in bytes) counts only past a floor, so a run
+            # that starts big still gets work done before it hands over.
+            suggested = info.is_continue_as_new_suggested() and length >= HANDOVER_FLOOR_EVENTS
+            self.draining = length >= self.input.options.continue_after_events or suggested
+        return self.draining and not self.starting and all(t.spec.type in (SLEEP, APPROVAL) for t in self.running.values())
+
+    async def _continue_as_new(self) -> None:
+        """Hand the execution over to a new run of this workflow id with everything it needs to
+        go on: task states, context, the event sequence, open blockers. The API and the read
+        model see one execution; Temporal sees a chain of runs."""
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._flush()
+        resume = ResumeState(
+            tasks=[
+                TaskCarryOver(t.spec.id, t.status, t.attempts, t.started_at, t.ended_at, t.error, t.resources)
+                for t in self.tasks.values()
+                if t.status != PENDING or t.attempts
+            ],
+            context=self.context,
+            context_version=self.context_version,
+            last_seq=self.seq,
+            started_at=self.started_at,
+            reached_sync_points=sorted(self.reached),
+            continued=True,
+            blockers=[b.snapshot() for b in self.blockers.values() if b.resolved_at is None],
+        )
+        workflow.continue_as_new(dataclasses.replace(self.input, resume=resume))
+
+    def _carry_on(self) -> None:
+        """The start of a continued run: tasks that were waiting wait on; nothing is announced."""
+        for point in self.input.sync_points:
+            if point.timeout is not None and point.id not in self.reached:
+                self.timers.append(asyncio.create_task(self._sync_deadline(point)))
+        for task in self.tasks.values():
+            if task.carried:
+                task.runner = asyncio.create_task(self._run_task(task))
+                self.running[task.spec.id] = task
 
     async def _finish(self) -> InterpreterResult:
         completed = self.completed
@@ -408,7 +483,8 @@ class InterpreterWorkflow:
         seconds = (task.spec.input or {}).get("seconds")
         if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
             raise ApplicationError("a sleep task needs input.seconds, a number of seconds >= 0", non_retryable=True)
-        await workflow.sleep(seconds)
+        elapsed = (workflow.now() - task.started_at).total_seconds() if task.carried and task.started_at else 0.0
+        await workflow.sleep(max(0.0, seconds - elapsed))
         return {"sleptSeconds": seconds}
 
     async def _approval(self, task: _Task) -> Any:
@@ -503,7 +579,8 @@ class InterpreterWorkflow:
         self._resolve_blocker(f"task-failed:{task_id}")
         self._emit("task.execution.pending", self._task_event(task))
         self.changed = True
-        await workflow.wait_condition(lambda: task.status != PENDING or self.status != RUNNING)
+        # While draining, the task starts in the next run: answered as PENDING.
+        await workflow.wait_condition(lambda: task.status != PENDING or self.status != RUNNING or self.draining)
         await self._published()
         return task.snapshot()
 
@@ -517,7 +594,7 @@ class InterpreterWorkflow:
     async def task_state(self, task_id: str) -> dict[str, Any]:
         """A task's state once it is scheduled (or settled) and published: a reopened run answers the retry with it."""
         task = self.tasks[task_id]
-        await workflow.wait_condition(lambda: task.status != PENDING or self.status != RUNNING)
+        await workflow.wait_condition(lambda: task.status != PENDING or self.status != RUNNING or self.draining)
         await self._published()
         return task.snapshot()
 
@@ -690,6 +767,11 @@ class InterpreterWorkflow:
 
 def _resources(spec: TaskSpec, worker: str, queue: str) -> dict[str, Any]:
     return {"worker": worker, "queue": queue, "requirements": spec.requirements}
+
+
+def _time(value: datetime | str) -> datetime:
+    """A datetime that crossed a payload inside a dict arrives as its ISO string."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
 def _json_size(value: Any) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -57,6 +58,7 @@ from workflows.inputs import (
     SyncPointSpec,
     TaskCarryOver,
     TaskSpec,
+    pack_tasks,
 )
 from workflows.interpreter import TaskDecision
 
@@ -64,6 +66,8 @@ log = logging.getLogger(__name__)
 
 #: Temporal refuses payloads over 2 MB; the workflow input must stay clear of that.
 MAX_INPUT_BYTES = 1_800_000
+#: An input larger than this carries its tasks packed (workflows.inputs.pack_tasks).
+PACK_TASKS_ABOVE_BYTES = 256 * 1024
 _UNAVAILABLE = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED}
 _ATTRIBUTE_KEYS = {name: SearchAttributeKey.for_keyword(name) for name in SEARCH_ATTRIBUTES}
 
@@ -306,16 +310,24 @@ class ExecutionService:
                 max_result_bytes=settings.max_result_bytes,
                 max_context_bytes=settings.max_context_bytes,
                 inspect_after=settings.inspect_after_seconds,
+                continue_after_events=settings.continue_after_events,
             ),
             resume=resume,
         )
-        size = self.temporal.data_converter.payload_converter.to_payloads([payload])[0].ByteSize()
+        size = self._size(payload)
+        if size > PACK_TASKS_ABOVE_BYTES:
+            # Large DAGs travel packed: the same specs at about a tenth of the size.
+            payload = dataclasses.replace(payload, tasks=[], packed_tasks=pack_tasks(payload.tasks))
+            size = self._size(payload)
         if size > MAX_INPUT_BYTES:
             raise InvalidInput(
                 f"The definition and context take {size} bytes, more than one execution can carry ({MAX_INPUT_BYTES}).",
                 [{"pointer": "#", "detail": "definition and context too large for one execution"}],
             )
         return payload
+
+    def _size(self, payload: InterpreterInput) -> int:
+        return self.temporal.data_converter.payload_converter.to_payloads([payload])[0].ByteSize()
 
     def _task_spec(self, task: dict[str, Any]) -> TaskSpec:
         policy = task.get("retryPolicy") or {}

@@ -73,6 +73,8 @@ async def apply_batch(session: AsyncSession, batch: EventBatch) -> int:
     # Webhook deliveries are written with the events they carry: one transaction, none lost.
     await queue_deliveries(session, execution, written, writer.tasks, writer.blockers)
     execution.last_seq = fresh[-1].seq
+    # The run now writing: a long execution continues as new runs under one workflow id.
+    execution.run_id = batch.run_id or execution.run_id
     execution.updated_at = utcnow()
     if session.get_bind().dialect.name == "postgresql":
         # Delivered at commit: watchers on every API replica wake at once (SQLite: they poll).

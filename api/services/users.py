@@ -153,15 +153,19 @@ class UserService:
         return to_public(row)
 
     async def update(self, actor: Principal, user_id: str, data: UserUpdate) -> UserPublic:
+        # A change that may leave no admin locks the admins first, all of them in one order:
+        # two admins demoting each other at once then queue, one after the other (locking the
+        # target first and the others after would deadlock them).
+        admins = await self._lock_admins() if data.role is not None or data.active is not None else []
         row = await self._row(user_id, for_update=True)
         changed = False
         if data.role is not None and data.role.value != row.role:
             if row.role == Role.ADMIN:
-                await self._keep_an_admin(row)
+                self._keep_an_admin(row, admins)
             row.role, changed = data.role.value, True
         if data.active is not None and data.active != row.active:
             if not data.active and row.role == Role.ADMIN:
-                await self._keep_an_admin(row)
+                self._keep_an_admin(row, admins)
             row.active, changed = data.active, True
         if changed:
             self._end_sessions(row)
@@ -190,13 +194,19 @@ class UserService:
         row.token_version += 1
         row.updated_at = utcnow()
 
-    async def _keep_an_admin(self, leaving: UserRow) -> None:
-        # Lock every active admin: two admins demoting each other at once must not both succeed.
+    async def _lock_admins(self) -> list[int]:
+        """The active admins' ids, write-locked in id order for the rest of the transaction."""
+        await serialize_writes(self.session)
         admins = await self.session.exec(
             select(UserRow.id)
             .where(UserRow.role == Role.ADMIN.value, col(UserRow.active).is_(True))
+            .order_by(col(UserRow.id))
             .with_for_update()
         )
+        return [admin_id for admin_id in admins if admin_id is not None]
+
+    @staticmethod
+    def _keep_an_admin(leaving: UserRow, admins: list[int]) -> None:
         if not [admin_id for admin_id in admins if admin_id != leaving.id]:
             raise Conflict("This is the last active admin; make another user admin first.")
 

@@ -1,0 +1,88 @@
+"""bench/results/summary.png: the latest figures of every benchmark that has results, one panel each."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.harness import RESULTS
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def draw(path: Path = RESULTS / "summary.png") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    (throughput, latency), (api, subscriptions) = axes
+
+    engine = _load("engine")
+    if engine:
+        shapes = list(engine["shapes"])
+        x = range(len(shapes))
+        ours = [engine["shapes"][s]["ours"]["activitiesPerSecond"] for s in shapes]
+        hand = [engine["shapes"][s]["handwritten"]["activitiesPerSecond"] for s in shapes]
+        throughput.bar([i - 0.2 for i in x], ours, 0.4, label="ours (API + interpreter)")
+        throughput.bar([i + 0.2 for i in x], hand, 0.4, label="hand-written workflow")
+        for i, s in enumerate(shapes):
+            throughput.annotate(f"ratio {engine['shapes'][s]['ratio']}", (i, max(ours[i], hand[i])), ha="center", va="bottom")
+        throughput.set_xticks(list(x), shapes)
+        throughput.set_ylabel("activities / s")
+        throughput.set_title("Engine throughput (same server, one worker each)")
+        throughput.legend()
+
+        labels, ours_lat, hand_lat = [], [], []
+        for s in shapes:
+            for q in ("p50", "p95", "p99"):
+                labels.append(f"{s}\n{q}")
+                ours_lat.append(engine["shapes"][s]["ours"]["schedulingLatencyMs"]["toStarted"][q])
+                hand_lat.append(engine["shapes"][s]["handwritten"]["schedulingLatencyMs"]["toStarted"][q])
+        x = range(len(labels))
+        latency.bar([i - 0.2 for i in x], ours_lat, 0.4, label="ours")
+        latency.bar([i + 0.2 for i in x], hand_lat, 0.4, label="hand-written")
+        latency.set_xticks(list(x), labels, fontsize=7)
+        latency.set_ylabel("ms")
+        latency.set_title("Scheduling latency: dependency completed -> dependent started")
+        latency.legend()
+
+    load = _load("api_load")
+    if load:
+        databases = [d for d in load.get("databases", {})]
+        endpoints = sorted({e for d in databases for e in load["databases"][d]["endpoints"]})
+        width = 0.8 / max(1, len(databases))
+        for j, database in enumerate(databases):
+            values = [load["databases"][database]["endpoints"].get(e, {}).get("rps", 0) for e in endpoints]
+            api.bar([i + j * width for i in range(len(endpoints))], values, width, label=database)
+        api.set_xticks([i + width * (len(databases) - 1) / 2 for i in range(len(endpoints))], endpoints, fontsize=8)
+        api.set_ylabel("requests / s")
+        api.set_title("API under concurrent load")
+        api.legend()
+
+    subs = _load("subscription_latency")
+    if subs:
+        cases = subs["results"]
+        labels = [f"{c['database']}\n{c['subscribers']} sub" for c in cases]
+        x = range(len(cases))
+        subscriptions.bar([i - 0.2 for i in x], [c["p50_ms"] for c in cases], 0.4, label="p50")
+        subscriptions.bar([i + 0.2 for i in x], [c["p99_ms"] for c in cases], 0.4, label="p99")
+        subscriptions.set_xticks(list(x), labels)
+        subscriptions.set_ylabel("ms")
+        subscriptions.set_title("Subscription latency: event committed -> client received")
+        subscriptions.legend()
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    print(draw())
