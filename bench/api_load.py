@@ -202,7 +202,7 @@ async def run(sizes: Sizes = Sizes()) -> dict[str, Any]:
         "databases": databases,
         "machine": machine(),
     }
-    path = write_result("api_load", result)
+    path = write_result("api_load_small" if sizes == SMALL else "api_load", result)
     print_table(result)
     print(f"wrote {path}")
     return result

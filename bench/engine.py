@@ -15,9 +15,10 @@ The sides alternate within each round (a, b, b, a, ...) so that drift in the mac
 falls on both; the median over rounds is reported. executions/s = batch / seconds,
 activities/s = batch x tasks / seconds, ratio = ours / hand-written.
 
-Scheduling latency comes from the histories of those runs: for each task with dependencies,
-the time from the last dependency's ActivityTaskCompleted to the task's ActivityTaskStarted
-(and ActivityTaskScheduled), p50/p95/p99 in ms.
+Scheduling latency comes from the histories: for each task with dependencies, the time from the
+last dependency's ActivityTaskCompleted to the task's ActivityTaskStarted (and
+ActivityTaskScheduled), p50/p95/p99 in ms; once over the batches above (queueing included)
+and once over a few executions run one at a time (the hop itself).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from tests.processes import settings_env
 from workflows.constants import task_of_activity, workflow_id
 
 HANDWRITTEN_QUEUE = "bench-handwritten"
+#: Executions run one at a time per shape and side for the unqueued scheduling latency.
+SOLO_RUNS = 3
 Shape = list[dict[str, Any]]
 
 
@@ -172,6 +175,14 @@ async def run(rounds: int, small: bool, workdir: Path) -> dict[str, Any]:
                     "activitiesPerSecond": round(batch * len(tasks) / median, 1),
                     "schedulingLatencyMs": {"toStarted": summary(lat["toStarted"]), "toScheduled": summary(lat["toScheduled"])},
                 }
+            # One execution at a time: the latency of a hop itself, without the queueing of a batch.
+            for side in ("ours", "handwritten"):
+                solo: list[str] = []
+                for _ in range(SOLO_RUNS if not small else 1):
+                    _, wids = await (run_ours(stack, definitions[name], 1) if side == "ours" else run_handwritten(stack, tasks, 1))
+                    solo.extend(wids)
+                lat = await latencies(stack, solo, tasks)
+                sides[side]["schedulingLatencyMs"]["toStartedOneAtATime"] = summary(lat["toStarted"])
             sides["ratio"] = round(sides["ours"]["executionsPerSecond"] / sides["handwritten"]["executionsPerSecond"], 3)
             shape_results[name] = {"tasks": len(tasks), "batch": batch, **sides}
         hand.check_alive()
@@ -180,10 +191,10 @@ async def run(rounds: int, small: bool, workdir: Path) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> None:
-    print(f"\n{'shape':<11} {'ours ex/s':>10} {'hand ex/s':>10} {'ours act/s':>11} {'hand act/s':>11} {'ratio':>6}  sched p50/p95/p99 ms (ours | hand)")
+    print(f"\n{'shape':<11} {'ours ex/s':>10} {'hand ex/s':>10} {'ours act/s':>11} {'hand act/s':>11} {'ratio':>6}  sched p50/p95/p99 ms, one at a time (ours | hand)")
     for name, s in result["shapes"].items():
         o, h = s["ours"], s["handwritten"]
-        lo, lh = o["schedulingLatencyMs"]["toStarted"], h["schedulingLatencyMs"]["toStarted"]
+        lo, lh = o["schedulingLatencyMs"]["toStartedOneAtATime"], h["schedulingLatencyMs"]["toStartedOneAtATime"]
         print(
             f"{name:<11} {o['executionsPerSecond']:>10} {h['executionsPerSecond']:>10} {o['activitiesPerSecond']:>11} "
             f"{h['activitiesPerSecond']:>11} {s['ratio']:>6}  {lo['p50']}/{lo['p95']}/{lo['p99']} | {lh['p50']}/{lh['p95']}/{lh['p99']}"

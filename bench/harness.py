@@ -13,7 +13,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from tests.processes import (  # noqa: E402
     Process,
     ProcessSet,
     free_port,
+    fresh_postgres_database,
     wait_http_ready,
     wait_temporal_ready,
     wait_worker_polling,
@@ -78,19 +79,10 @@ def machine() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def postgres_database() -> Any:
+def postgres_database() -> Iterator[str]:
     """A fresh PostgreSQL database of this run (dropped at the end); yields its URL."""
-    import psycopg
-
-    name = f"wfo_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_ADMIN.rsplit("/", 1)[0]
-    try:
-        yield f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database(POSTGRES_ADMIN, "wfo_bench") as url:
+        yield url
 
 
 @dataclass

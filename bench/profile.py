@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import shutil
 import subprocess
 import sys
@@ -28,16 +29,17 @@ from typing import Any
 from bench.engine import SHAPES
 from bench.harness import RESULTS, ROOT, Stack, local_stack, machine, write_result
 
-#: Library buckets: a sample counts for a bucket if any frame's file path contains the marker.
+#: Library buckets: a sample counts for a bucket if any frame's path starts with the marker.
 LIBRARIES = {
-    "sqlalchemy": "/sqlalchemy/",
-    "temporalio": "/temporalio/",
-    "pydantic": "/pydantic",
-    "strawberry": "/strawberry/",
-    "fastapi/starlette": "/starlette/",
-    "json": "/json/",
-    "aiosqlite/sqlite3": "sqlite",
-    "asyncio": "/asyncio/",
+    "sqlalchemy": "sqlalchemy/",
+    "temporalio": "temporalio/",
+    "pydantic": "pydantic",
+    "strawberry": "strawberry/",
+    "fastapi/starlette": "starlette/",
+    "json": "json/",
+    "aiosqlite": "aiosqlite/",
+    "psycopg": "psycopg/",
+    "asyncio": "asyncio/",
 }
 
 
@@ -48,30 +50,35 @@ def py_spy() -> str:
     return found
 
 
+OUR_CODE = ("api/", "workflows/", "activities/", "server.py", "worker.py")
+_LINE = re.compile(r"^(.*) (\d+)$")
+
+
 def reduce(raw: Path, top: int = 15) -> dict[str, Any]:
-    """Collapsed stacks ('frame;frame;... count' per line) -> shares of our functions and libraries."""
+    """py-spy's raw format ('frame;frame;... count' per line, each frame 'function (path:line)',
+    paths relative to the repository or site-packages) -> shares of our functions and libraries."""
     total = 0
     ours: Counter[str] = Counter()
     libraries: Counter[str] = Counter()
     for line in raw.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack:
+        match = _LINE.match(line)
+        if not match:
             continue
-        count = int(count_text)
+        stack, count = match.group(1), int(match.group(2))
         total += count
-        frames = stack.split(";")
+        paths = []
         seen: set[str] = set()
-        for frame in frames:
-            # "function (path:line)"
-            name, _, where = frame.partition(" (")
+        for frame in stack.split(";"):
+            name, _, where = frame.rpartition(" (")
             path = where.rsplit(":", 1)[0]
-            if str(ROOT) in path and "/.venv/" not in path and "/site-packages/" not in path:
-                key = f"{Path(path).relative_to(ROOT)}:{name}"
+            paths.append(path)
+            if path.startswith(OUR_CODE):
+                key = f"{path}:{name}"
                 if key not in seen:
                     seen.add(key)
                     ours[key] += count
         for bucket, marker in LIBRARIES.items():
-            if any(marker in frame for frame in frames):
+            if any(p.startswith(marker) for p in paths):
                 libraries[bucket] += count
     share = lambda n: round(100 * n / total, 1) if total else 0.0  # noqa: E731
     return {

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
@@ -28,6 +27,7 @@ from activities.registry import load_modules
 from api.app import create_app
 from api.settings import Settings
 from tests.loopback import loopback  # noqa: F401  (a real HTTP server on loopback, for any test)
+from tests.processes import fresh_postgres_database
 from workflows.constants import SEARCH_ATTRIBUTES
 
 ADMIN_PASSWORD = "admin-password-for-tests"
@@ -67,15 +67,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'wfo.db'}"
         return
-    name = f"wfo_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database(POSTGRES_ADMIN_URL) as url:
+        yield url
 
 
 def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:

@@ -67,6 +67,23 @@ _TEMPORAL_FIELDS = {
 }
 
 
+@contextlib.contextmanager
+def fresh_postgres_database(admin_url: str, prefix: str = "wfo_test") -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server of `admin_url`, dropped at the end; yields its URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def free_port(host: str = LOOPBACK) -> int:
     """A port nothing listens on right now (the kernel's pick)."""
     with socket.socket() as sock:

@@ -14,7 +14,16 @@ import api.services.executions as executions_service
 from api.db import create_engine
 from tests.test_executions import define, finished, start, task, wait_for
 from workflows.constants import workflow_id
-from workflows.inputs import RetrySpec, TaskSpec, pack_tasks, unpack_tasks
+from workflows.inputs import (
+    ResumeState,
+    RetrySpec,
+    TaskCarryOver,
+    TaskSpec,
+    pack_carry,
+    pack_tasks,
+    unpack_carry,
+    unpack_tasks,
+)
 
 WIDTH, LAYERS = 25, 10
 
@@ -135,3 +144,16 @@ def test_packed_tasks_round_trip():
 def test_a_big_definition_packs_to_a_fraction():
     specs = [TaskSpec(f"task-{i}", f"Task {i}", dependencies=[f"task-{i - 1}"] if i else []) for i in range(10_000)]
     assert len(pack_tasks(specs)) < 1_000_000
+
+
+def test_carried_state_round_trips_packed():
+    now = dt.datetime.now(dt.UTC)
+    tasks = [
+        TaskCarryOver("a", "COMPLETED", 2, now, now, None, {"worker": "w", "queue": "q", "requirements": None}),
+        TaskCarryOver("b", "WAITING", 1, now),
+        TaskCarryOver("c", "FAILED", 3, now, now, "boom"),
+    ]
+    context = {"a-result": {"n": 1}, "seed": [1, 2]}
+    assert unpack_carry(pack_carry(tasks, context)) == (tasks, context)
+    packed = ResumeState(tasks=[], context={}, context_version=3, last_seq=9, started_at=now, packed=pack_carry(tasks, context))
+    assert packed.carried() == (tasks, context)

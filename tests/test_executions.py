@@ -400,7 +400,7 @@ class TestCancelExecution:
         execution = await start(client, operator, await define(client, operator, tasks))
         await wait_for(client, operator, execution["id"], lambda b: any(
             t["taskDefinitionId"] == "slow" and t["status"] == "RUNNING" for t in b["taskExecutions"]))
-        loopback.wait_for_requests(1, "/slow")
+        await loopback.wait_for_requests_async(1, "/slow")
         response = await client.post(f"/api/executions/{execution['id']}/cancel", headers=operator)
         assert response.status_code == 200, response.text
         body = response.json()

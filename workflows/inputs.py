@@ -134,6 +134,12 @@ class ResumeState:
     continued: bool = False
     #: Blockers still open (snapshots), for a continued run.
     blockers: list[dict[str, Any]] = field(default_factory=list)
+    #: `tasks` and `context` packed (see pack_carry), instead of the two fields, for a
+    #: continued run: thousands of task states would not fit in one payload otherwise.
+    packed: str | None = None
+
+    def carried(self) -> tuple[list[TaskCarryOver], dict[str, Any]]:
+        return unpack_carry(self.packed) if self.packed is not None else (self.tasks, self.context)
 
 
 @dataclass
@@ -156,13 +162,43 @@ class InterpreterInput:
 def pack_tasks(tasks: list[TaskSpec]) -> str:
     """Task specs as base64 of deflated compact JSON: a 10,000-task DAG is some 3 MB as plain
     JSON, over what one Temporal payload may carry (2 MB), and about a tenth of that packed."""
-    raw = json.dumps([asdict(t) for t in tasks], separators=(",", ":")).encode()
+    return _pack([asdict(t) for t in tasks])
+
+
+def _pack(value: Any) -> str:
+    raw = json.dumps(value, separators=(",", ":"), default=_iso).encode()
     return base64.b64encode(zlib.compress(raw, 6)).decode("ascii")
+
+
+def _unpack(packed: str) -> Any:
+    return json.loads(zlib.decompress(base64.b64decode(packed)))
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def pack_carry(tasks: list[TaskCarryOver], context: dict[str, Any]) -> str:
+    """Task states and context of a continued run, deflated like pack_tasks."""
+    return _pack({"tasks": [asdict(t) for t in tasks], "context": context})
+
+
+def unpack_carry(packed: str) -> tuple[list[TaskCarryOver], dict[str, Any]]:
+    value = _unpack(packed)
+    tasks = []
+    for item in value["tasks"]:
+        for key in ("started_at", "ended_at"):
+            if item[key] is not None:
+                item[key] = datetime.fromisoformat(item[key])
+        tasks.append(TaskCarryOver(**item))
+    return tasks, value["context"]
 
 
 def unpack_tasks(packed: str) -> list[TaskSpec]:
     specs = []
-    for item in json.loads(zlib.decompress(base64.b64decode(packed))):
+    for item in _unpack(packed):
         retry = RetrySpec(**item.pop("retry"))
         specs.append(TaskSpec(**item, retry=retry))
     return specs

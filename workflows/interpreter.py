@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         TaskInput,
         TaskOutcome,
         TaskSpec,
+        pack_carry,
     )
 
 PENDING, RUNNING, WAITING, COMPLETED, FAILED, CANCELLED = (
@@ -60,8 +61,7 @@ UNKNOWN_TYPE_ERROR = "NotFoundError"
 
 #: Publishing retries until the database answers; meanwhile the DAG waits.
 PUBLISH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
-#: Longer than SQLite's busy timeout (10 s): a writer queued for the lock gets its answer from SQLite.
-PUBLISH_TIMEOUT = timedelta(seconds=30)
+PUBLISH_TIMEOUT = timedelta(seconds=10)
 INSPECT_TIMEOUT = timedelta(seconds=10)
 #: Longest gap between inspections of a long-running task.
 INSPECT_MAX_INTERVAL = 300.0
@@ -183,12 +183,13 @@ class InterpreterWorkflow:
         self.draining = False
         resume = input.resume
         if resume is not None:
+            carried_tasks, carried_context = resume.carried()
             self.started_at = resume.started_at
-            self.context = dict(resume.context)
+            self.context = dict(carried_context)
             self.context_version = resume.context_version
             self.seq = self.flushed_seq = resume.last_seq
             self.reached = {sid: resume.started_at for sid in resume.reached_sync_points}
-            for carried in resume.tasks:
+            for carried in carried_tasks:
                 task = self.tasks.get(carried.id)
                 if task is None:
                     continue
@@ -345,13 +346,15 @@ class InterpreterWorkflow:
         model see one execution; Temporal sees a chain of runs."""
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._flush()
+        carried = [
+            TaskCarryOver(t.spec.id, t.status, t.attempts, t.started_at, t.ended_at, t.error, t.resources)
+            for t in self.tasks.values()
+            if t.status != PENDING or t.attempts
+        ]
         resume = ResumeState(
-            tasks=[
-                TaskCarryOver(t.spec.id, t.status, t.attempts, t.started_at, t.ended_at, t.error, t.resources)
-                for t in self.tasks.values()
-                if t.status != PENDING or t.attempts
-            ],
-            context=self.context,
+            tasks=[],
+            context={},
+            packed=pack_carry(carried, self.context),
             context_version=self.context_version,
             last_seq=self.seq,
             started_at=self.started_at,

@@ -62,6 +62,7 @@ async def apply_batch(session: AsyncSession, batch: EventBatch) -> int:
         await session.rollback()
         return 0
     writer = _Writer(session, execution, batch)
+    await writer.prefetch_tasks({e.data["taskId"] for e in fresh if e.data.get("taskId")})
     written: list[tuple[Event, ExecutionEventRow]] = []
     for event in fresh:
         row = ExecutionEventRow(
@@ -90,6 +91,8 @@ class _Writer:
         self.batch = batch
         self.tasks: dict[str, TaskExecutionRow] = {}
         self.blockers: dict[str, BlockerRow] = {}
+        #: Task ids known to have no row before this batch (see prefetch_tasks).
+        self.absent: set[str] = set()
 
     async def apply(self, event: Event) -> None:
         data = event.data
@@ -184,8 +187,23 @@ class _Writer:
             self.execution.context_version = data["contextVersion"]
             self.execution.context_updated_at = event.at
 
+    async def prefetch_tasks(self, task_ids: set[str]) -> None:
+        """The rows of every task the batch touches, in one query (not one per task)."""
+        if not task_ids:
+            return
+        rows = await self.session.exec(
+            select(TaskExecutionRow).where(
+                TaskExecutionRow.execution_id == self.execution.id, col(TaskExecutionRow.task_definition_id).in_(task_ids)
+            )
+        )
+        for row in rows:
+            self.tasks[row.task_definition_id] = row
+        self.absent = task_ids - set(self.tasks)
+
     async def _task_row(self, task_id: str) -> TaskExecutionRow | None:
         row = self.tasks.get(task_id)
+        if row is None and task_id in self.absent:
+            return None  # prefetched: not in the database (yet)
         if row is None:
             row = (
                 await self.session.exec(
