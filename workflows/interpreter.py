@@ -334,8 +334,8 @@ class InterpreterWorkflow:
         if not self.draining:
             info = workflow.info()
             length = info.get_current_history_length()
-            # Temporal's suggestion (history size in bytes) counts only past a floor, so a run
-            # that starts big still gets work done before it hands over.
+            # Temporal's suggestion (from its history length and size limits) counts only past a
+            # floor, so a run that starts big still gets work done before it hands over.
             suggested = info.is_continue_as_new_suggested() and length >= HANDOVER_FLOOR_EVENTS
             self.draining = length >= self.input.options.continue_after_events or suggested
         return self.draining and not self.starting and all(t.spec.type in (SLEEP, APPROVAL) for t in self.running.values())
