@@ -230,6 +230,15 @@ class ProcessSet:
         """A Temporal dev server of this test alone, persisting to `db_file`, with our search attributes."""
         return self.add(name, temporal_dev_server_argv(db_file, port, ui_port), temporal_env()).start()
 
+    async def start_own_temporal(self, data_dir: Path) -> tuple[Process, Client, str]:
+        """A dev server of this test alone on free ports, persisting under `data_dir` (so it can be
+        stopped and started again on its data): its process, a ready client and its address."""
+        port, ui_port = free_port(), free_port()
+        address = f"{LOOPBACK}:{port}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        temporal = self.start_temporal(data_dir / "t.db", port, ui_port)
+        return temporal, await wait_temporal_ready(temporal, address), address
+
     def stop_all(self) -> None:
         for process in reversed(self.processes):
             process.terminate()

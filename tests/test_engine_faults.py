@@ -281,12 +281,7 @@ class TestTemporalRestarted:
     ) -> None:
         """SIGTERM a dev server of this test's own while an execution sleeps, start it again on the same
         data file and port: the worker (a real `python -m worker`) reconnects and the execution completes."""
-        port, ui_port = free_port(), free_port()
-        address = f"127.0.0.1:{port}"
-        db_file = tmp_path / "temporal" / "t.db"
-        db_file.parent.mkdir()
-        temporal = processes.start_temporal(db_file, port, ui_port)
-        client = await wait_temporal_ready(temporal, address)
+        temporal, client, address = await processes.start_own_temporal(tmp_path / "temporal")
         settings = make_settings(
             database_url,
             tmp_path,

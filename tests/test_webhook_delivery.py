@@ -525,12 +525,7 @@ class TestRestarts:
         again on its data file: the delivery's retry timer was kept, and the next attempt arrives
         under the same webhook-id."""
         loopback.route("/hook", status=[500, 200])
-        port, ui_port = free_port(), free_port()
-        address = f"127.0.0.1:{port}"
-        db_file = tmp_path / "temporal" / "t.db"
-        db_file.parent.mkdir()
-        temporal = processes.start_temporal(db_file, port, ui_port)
-        temporal_client = await wait_temporal_ready(temporal, address)
+        temporal, temporal_client, address = await processes.start_own_temporal(tmp_path / "temporal")
         settings = settings.model_copy(update={"temporal_address": address})
         api_port = free_port()
         api = processes.start_api(settings, api_port)
