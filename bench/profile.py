@@ -145,10 +145,10 @@ async def run(seconds: float, label: str | None, workdir: Path, small: bool) -> 
             )
             for name in raws
         ]
-        time.sleep(1)
+        await asyncio.sleep(1)  # py-spy attached
         done = await load(stack, seconds, 1 if small else 4)
         for spy in spies:
-            spy.wait(timeout=60)
+            await asyncio.to_thread(spy.wait, 60)
         processes = {name: reduce(raw) for name, raw in raws.items() if raw.exists()}
     return {"machine": machine(), "label": label, "seconds": seconds, "load": done, "processes": processes}
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,34 +29,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import websockets
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from api.db import create_engine, migrate, session_factory
+from api.models.definitions import DefinitionRow, DefinitionVersionRow
+from api.models.executions import ExecutionRow
+from api.services.readmodel import apply_batch
+from api.settings import Settings
+from bench.harness import PASSWORD, RESULTS, ROOT, percentile, postgres_database
+from tests.processes import free_port
+from workflows.inputs import Event, EventBatch
 
-from api.db import create_engine, migrate, session_factory  # noqa: E402
-from api.models.definitions import DefinitionRow, DefinitionVersionRow  # noqa: E402
-from api.models.executions import ExecutionRow  # noqa: E402
-from api.services.readmodel import apply_batch  # noqa: E402
-from api.settings import Settings  # noqa: E402
-from workflows.inputs import Event, EventBatch  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
-PASSWORD = "bench-admin-password"
-POSTGRES = os.environ.get("WFO_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SUBSCRIPTION = """subscription($id: ID!) { executionEvents(workflowExecutionId: $id) { sequence type } }"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 async def seed(settings: Settings) -> int:
@@ -97,14 +81,15 @@ async def subscriber(url: str, token: str, execution_id: int, received: dict[int
 
 
 async def run_case(database: str, subscribers: int, events: int, workdir: Path) -> dict[str, Any]:
-    name = None
-    if database == "sqlite":
-        url = f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:6]}.db'}"
-    else:
-        name = f"wfo_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(POSTGRES, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        url = POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+    with contextlib.ExitStack() as databases:
+        if database == "sqlite":
+            url = f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:6]}.db'}"
+        else:
+            url = databases.enter_context(postgres_database())
+        return await _measure(url, database, subscribers, events, workdir)
+
+
+async def _measure(url: str, database: str, subscribers: int, events: int, workdir: Path) -> dict[str, Any]:
     settings = Settings(dev_mode=True, database_url=url, data_dir=workdir, admin_password=PASSWORD, jwt_secret="b" * 48)
     execution_id = await seed(settings)
     port = free_port()
@@ -154,10 +139,7 @@ async def run_case(database: str, subscribers: int, events: int, workdir: Path) 
         await engine.dispose()
     finally:
         server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
-        if name:
-            with psycopg.connect(POSTGRES, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await asyncio.to_thread(server.wait, 30)
     latencies = [(r[seq] - written[seq]) * 1000 for r in received for seq in written if seq in r]
     missing = sum(1 for r in received for seq in written if seq not in r)
     return {

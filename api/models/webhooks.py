@@ -11,8 +11,8 @@ from pydantic import AfterValidator, Field, SecretStr, StringConstraints, field_
 from sqlmodel import Column, SQLModel
 from sqlmodel import Field as Column_
 
-from api.db import JSONDocument, UTCDateTime, utcnow
 from activities.netguard import BlockedDestination, check_url
+from api.db import JSONDocument, UTCDateTime, utcnow
 from api.models.base import ApiModel, RequestModel, Timestamp
 
 #: Every event a webhook can subscribe to; `*` subscribes to all of them.
@@ -106,7 +106,8 @@ def _http_url(url: str) -> str:
     return url
 
 
-WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_http_url)]
+UrlText = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+WebhookUrl = Annotated[UrlText, AfterValidator(_http_url)]
 EventName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
@@ -152,7 +153,7 @@ class WebhookUpdate(RequestModel):
 
 class WebhookTest(RequestModel):
     # Any string: what is wrong with it is the test's answer ({success: false, message}).
-    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    url: UrlText
     event: EventName = "workflow.execution.completed"
     payload: dict[str, Any] = Field(default_factory=dict, description="The event's `data`.")
     secret: SecretStr | None = Field(None, max_length=256, description="Signs the test request; unsigned without.")

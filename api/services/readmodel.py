@@ -89,10 +89,9 @@ class _Writer:
         self.session = session
         self.execution = execution
         self.batch = batch
+        #: The rows of the tasks this batch touches (prefetch_tasks), and those it creates.
         self.tasks: dict[str, TaskExecutionRow] = {}
         self.blockers: dict[str, BlockerRow] = {}
-        #: Task ids known to have no row before this batch (see prefetch_tasks).
-        self.absent: set[str] = set()
 
     async def apply(self, event: Event) -> None:
         data = event.data
@@ -143,7 +142,6 @@ class _Writer:
         execution.status = data["status"]
         execution.end_time, execution.error = None, None
         execution.workflow_id = data.get("workflowId", execution.workflow_id)
-        execution.run_id = data.get("runId", self.batch.run_id)
         execution.total_tasks = data.get("totalTasks", execution.total_tasks)
         existing = set(
             (await self.session.exec(select(MilestoneRow.key).where(MilestoneRow.execution_id == execution.id))).all()
@@ -198,22 +196,10 @@ class _Writer:
         )
         for row in rows:
             self.tasks[row.task_definition_id] = row
-        self.absent = task_ids - set(self.tasks)
 
     async def _task_row(self, task_id: str) -> TaskExecutionRow | None:
+        """The task's row: prefetched, or created by an earlier event of this batch (None: neither)."""
         row = self.tasks.get(task_id)
-        if row is None and task_id in self.absent:
-            return None  # prefetched: not in the database (yet)
-        if row is None:
-            row = (
-                await self.session.exec(
-                    select(TaskExecutionRow).where(
-                        TaskExecutionRow.execution_id == self.execution.id, TaskExecutionRow.task_definition_id == task_id
-                    )
-                )
-            ).first()
-            if row is not None:
-                self.tasks[task_id] = row
         if row is not None and row.id is None:
             await self.session.flush()
         return row
