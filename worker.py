@@ -23,14 +23,17 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.capacity import configure_capacity, configure_worker
 from activities.netguard import configure_network
 from activities.registry import load_modules, task_activities
-from api.db import create_engine, migrate, session_factory
+from api.db import create_engine, create_writer_engine, migrate, session_factory
 from api.settings import Settings
 from api.temporal import connect
 from server import configure_logging, load_settings
@@ -87,6 +90,7 @@ class WorkerSet:
     database engine and the webhook dispatcher."""
 
     def __init__(self, client: Client, settings: Settings, args: argparse.Namespace, identity: str) -> None:
+        from activities.publisher import WRITE_TIMEOUT, BatchWriter, ReadModelRunner
         from activities.system import SystemActivities
         from api.services.delivery import Dispatcher
         from workflows.delivery import WebhookDeliveryWorkflow
@@ -94,6 +98,9 @@ class WorkerSet:
 
         self.workers: list[Worker] = []
         self.engine: AsyncEngine | None = None
+        self.writer_engine: sa.Engine | None = None
+        #: The interpreter's system activities (database and Temporal work), when this worker has them.
+        self.system: SystemActivities | None = None
         self.dispatcher: Dispatcher | None = None
         common: dict[str, Any] = {
             "max_concurrent_activities": args.max_concurrent_activities,
@@ -101,16 +108,48 @@ class WorkerSet:
             "graceful_shutdown_timeout": timedelta(seconds=args.graceful_shutdown),
             "identity": identity,
         }
-        for queue in args.queues:
-            if queue != settings.system_task_queue:
-                self.workers.append(Worker(client, task_queue=queue, activities=task_activities(), **common))
-                continue
+        system_role = settings.system_task_queue in args.queues
+        if system_role:
             self.engine = create_engine(settings)
             sessions = session_factory(self.engine)
-            system = SystemActivities(sessions, client, settings)
-            self.workers.append(
-                Worker(client, task_queue=queue, workflows=[InterpreterWorkflow], activities=system.activities(), **common)
+            system = self.system = SystemActivities(sessions, client, settings)
+            self.dispatcher = Dispatcher(sessions, client, settings)
+            # Writes each activation's events to the read model before its commands leave.
+            self.writer_engine = create_writer_engine(settings, WRITE_TIMEOUT)
+            runner = ReadModelRunner(
+                SandboxedWorkflowRunner(),
+                BatchWriter(self.writer_engine),
+                asyncio.get_running_loop(),
+                plain_converter=client.data_converter is DataConverter.default,
             )
+        # A system worker runs the interpreter on the default task queue too (new executions run
+        # there, so that Temporal hands a task on that queue straight back to this worker inside
+        # the workflow-task completion: eager dispatch), and on the system queue (executions
+        # started before; the reconciler).
+        queues = list(dict.fromkeys([*args.queues, *([settings.default_task_queue] if system_role else [])]))
+        for queue in queues:
+            workflows: list[type] = []
+            activities: list[Any] = []
+            options = dict(common)
+            if system_role and queue in (settings.system_task_queue, settings.default_task_queue):
+                workflows.append(InterpreterWorkflow)
+                activities += system.activities()  # its local activities run where it runs
+                options["workflow_runner"] = runner
+            if queue != settings.system_task_queue and queue in args.queues:
+                activities += task_activities()
+            elif queue == settings.default_task_queue:
+                # Only the interpreter's workflow tasks (and its local activities) here: polling the
+                # queue's activity tasks too would take tasks this worker cannot run.
+                options["no_remote_activities"] = True
+            if system_role and queue == settings.system_task_queue:
+                # The reconciler's passes (started by its schedule, see run() below).
+                from activities.reconcile import ReconcileActivities
+                from workflows.reconciler import ReconcilerWorkflow
+
+                workflows.append(ReconcilerWorkflow)
+                activities += ReconcileActivities(sessions, client, settings).activities()
+            self.workers.append(Worker(client, task_queue=queue, workflows=workflows, activities=activities, **options))
+        if system_role:
             # Webhook deliveries on their own queue: slow receivers never hold up executions.
             self.workers.append(
                 Worker(
@@ -121,7 +160,6 @@ class WorkerSet:
                     **common,
                 )
             )
-            self.dispatcher = Dispatcher(sessions, client, settings)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[list[asyncio.Task[None]]]:
@@ -138,6 +176,8 @@ class WorkerSet:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.engine is not None:
                 await self.engine.dispose()
+            if self.writer_engine is not None:
+                self.writer_engine.dispose()
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> None:
@@ -149,6 +189,17 @@ async def run(args: argparse.Namespace, settings: Settings) -> None:
     if settings.system_task_queue in args.queues:
         await asyncio.to_thread(migrate, settings)
     client = await connect(settings, identity=identity)
+    if settings.system_task_queue in args.queues:
+        from temporalio.service import RPCError
+
+        from api.services.reconciler import ensure_schedule
+
+        try:
+            # Created by whichever system worker starts first, brought up to date by the others.
+            await ensure_schedule(client, settings)
+        except RPCError as exc:
+            # Executions run without it (only the safety net is missing): say so, serve anyway.
+            log.error("could not create or update the reconciler's schedule: %s", exc)
     worker_set = WorkerSet(client, settings, args, identity)
 
     stop = asyncio.Event()

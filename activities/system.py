@@ -35,6 +35,9 @@ from workflows.inputs import (
     TaskInspection,
 )
 
+#: How long one call of an inspection waits for Temporal.
+INSPECT_RPC_TIMEOUT = timedelta(seconds=3)
+
 
 class SystemActivities:
     """Built once in worker.py with a session factory, a Temporal client and the settings."""
@@ -62,7 +65,9 @@ class SystemActivities:
     async def inspect_tasks(self, request: InspectRequest) -> InspectResult:
         """What Temporal knows of the given running tasks: started or not, attempt, worker, pollers."""
         handle = self.client.get_workflow_handle(request.workflow_id, run_id=request.run_id)
-        description = await handle.describe()
+        # Only a look: a Temporal that does not answer soon is not waited for (the workflow
+        # looks again later).
+        description = await handle.describe(rpc_timeout=INSPECT_RPC_TIMEOUT)
         found: list[TaskInspection] = []
         for pending in description.raw_description.pending_activities:
             task_id = task_of_activity(pending.activity_id)
@@ -94,7 +99,8 @@ class SystemActivities:
                 namespace=self.client.namespace,
                 task_queue=TaskQueue(name=queue),
                 task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-            )
+            ),
+            timeout=INSPECT_RPC_TIMEOUT,
         )
         if legacy.pollers:
             return True
@@ -105,7 +111,8 @@ class SystemActivities:
                 api_mode=DescribeTaskQueueMode.DESCRIBE_TASK_QUEUE_MODE_ENHANCED,
                 task_queue_types=[TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY],
                 report_pollers=True,
-            )
+            ),
+            timeout=INSPECT_RPC_TIMEOUT,
         )
         return any(info.pollers for version in enhanced.versions_info.values() for info in version.types_info.values())
 

@@ -106,6 +106,35 @@ def create_sync_engine(settings: Settings) -> Engine:
     return engine
 
 
+def create_writer_engine(settings: Settings, timeout: float) -> Engine:
+    """A synchronous engine for the read model runner, which writes from workflow activation
+    threads: every wait (pool, connect, lock, statement) gives up within `timeout` seconds."""
+    url = _driver_url(settings.sqlalchemy_url, use_async=False)
+    millis = int(timeout * 1000)
+    if url.get_backend_name() == "sqlite":
+        _prepare_sqlite_file(url)
+        engine = sa.create_engine(url, echo=settings.database_echo, connect_args={"timeout": timeout})
+
+        def pragmas(dbapi_connection: Any, record: Any) -> None:
+            _sqlite_pragmas(dbapi_connection, record)
+            dbapi_connection.execute(f"PRAGMA busy_timeout={millis}")
+
+        event.listen(engine, "connect", pragmas)
+        return engine
+    return sa.create_engine(
+        url,
+        echo=settings.database_echo,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        pool_timeout=timeout,
+        connect_args={
+            "connect_timeout": max(1, int(timeout)),
+            "options": f"-c lock_timeout={millis} -c statement_timeout={millis}",
+        },
+    )
+
+
 def listen_url(settings: Settings) -> str | None:
     """A libpq URL for LISTEN on PostgreSQL (None on SQLite, which has no notifications)."""
     url = make_url(settings.sqlalchemy_url)

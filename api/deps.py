@@ -16,6 +16,7 @@ from api.models.users import Role
 from api.services.definitions import DefinitionService
 from api.services.executions import ExecutionService
 from api.services.pagination import MAX_OFFSET, Pagination
+from api.services.reconciler import Reconciler
 from api.services.users import Principal, UserService
 from api.services.webhooks import WebhookService
 from api.settings import Settings
@@ -69,6 +70,13 @@ def get_execution_service(session: SessionDep, settings: SettingsDep, temporal: 
 
 
 ExecutionServiceDep = Annotated[ExecutionService, Depends(get_execution_service)]
+
+
+def get_reconciler(session: SessionDep, settings: SettingsDep, temporal: TemporalDep) -> Reconciler:
+    return Reconciler(session, settings, temporal)
+
+
+ReconcilerDep = Annotated[Reconciler, Depends(get_reconciler)]
 
 
 def get_webhook_service(session: SessionDep, settings: SettingsDep) -> WebhookService:

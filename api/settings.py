@@ -11,7 +11,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workflows.constants import DEFAULT_TASK_QUEUE, SYSTEM_TASK_QUEUE
@@ -89,8 +89,25 @@ class Settings(BaseSettings):
         le=40_000,
         description="History length at which an execution's workflow continues as a new run (Temporal's limit is 51,200).",
     )
+    continue_after_bytes: int = Field(
+        24 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=40 * 1024 * 1024,
+        description="History size (bytes) at which an execution's workflow continues as a new run (Temporal's limit is 50 MB).",
+    )
     event_poll_seconds: float = Field(0.1, gt=0, le=10, description="How often watchers look for new events (PostgreSQL also notifies).")
     cancel_wait_seconds: float = Field(45, gt=0, description="How long a cancel request waits for the run to close.")
+    start_timeout_seconds: float = Field(
+        10, gt=0, le=120, description="How long starting a run waits for Temporal's answer; past it the start is in doubt (503)."
+    )
+
+    # --- reconciliation ------------------------------------------------------------------
+    reconcile_interval_seconds: float = Field(60, ge=1, description="How often the reconciler's schedule runs a pass.")
+    reconcile_grace_seconds: float = Field(
+        30,
+        ge=0,
+        description="A run closed (or missing in Temporal) this long while the read model shows it running gets repaired.",
+    )
 
     # --- webhooks and outbound HTTP ------------------------------------------------------
     allow_private_networks: bool = Field(
@@ -116,6 +133,14 @@ class Settings(BaseSettings):
     temporal_tls_key: Path | None = Field(None, validation_alias=_temporal("TLS_KEY"))
     temporal_tls_ca: Path | None = Field(None, validation_alias=_temporal("TLS_CA"))
     temporal_ui_url: str | None = Field(None, validation_alias=_temporal("UI_URL"))
+
+    @model_validator(mode="after")
+    def _grace_outlasts_a_start(self) -> Settings:
+        # A start still in flight must never be taken for one that never reached Temporal: the
+        # run would then publish into an execution the reconciler already closed.
+        if self.reconcile_grace_seconds < self.start_timeout_seconds:
+            raise ValueError("WFO_RECONCILE_GRACE_SECONDS must be at least WFO_START_TIMEOUT_SECONDS")
+        return self
 
     @field_validator("cors_origins")
     @classmethod

@@ -21,6 +21,7 @@ from bench.harness import RESULTS, ROOT
 #: name -> (full-size arguments, small arguments)
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "engine": ([], ["--small", "--rounds", "1"]),
+    "breakdown": ([], ["--small", "--rounds", "1"]),
     "scale": ([], ["--small"]),
     "api_load": ([], ["--small"]),
     "subscription_latency": (

@@ -30,29 +30,31 @@ def draw(path: Path = RESULTS / "summary.png") -> Path:
 
     engine = _load("engine")
     if engine:
-        shapes = list(engine["shapes"])
-        x = range(len(shapes))
-        ours = [engine["shapes"][s]["ours"]["activitiesPerSecond"] for s in shapes]
-        hand = [engine["shapes"][s]["handwritten"]["activitiesPerSecond"] for s in shapes]
+        cases = [(db, shape) for db, on in engine["databases"].items() for shape in on["shapes"]]
+        results = {(db, shape): engine["databases"][db]["shapes"][shape] for db, shape in cases}
+        labels = [f"{shape}\n{db}" for db, shape in cases]
+        x = range(len(cases))
+        ours = [results[c]["ours"]["activitiesPerSecond"] for c in cases]
+        hand = [results[c]["handwritten"]["activitiesPerSecond"] for c in cases]
         throughput.bar([i - 0.2 for i in x], ours, 0.4, label="ours (API + interpreter)")
         throughput.bar([i + 0.2 for i in x], hand, 0.4, label="hand-written workflow")
-        for i, s in enumerate(shapes):
-            throughput.annotate(f"ratio {engine['shapes'][s]['ratio']}", (i, max(ours[i], hand[i])), ha="center", va="bottom")
-        throughput.set_xticks(list(x), shapes)
+        for i, c in enumerate(cases):
+            throughput.annotate(f"ratio {results[c]['ratio']}", (i, max(ours[i], hand[i])), ha="center", va="bottom", fontsize=8)
+        throughput.set_xticks(list(x), labels, fontsize=8)
         throughput.set_ylabel("activities / s")
         throughput.set_title("Engine throughput (same server, one worker each)")
         throughput.legend()
 
         labels, ours_lat, hand_lat = [], [], []
-        for s in shapes:
-            for q in ("p50", "p95", "p99"):
-                labels.append(f"{s}\n{q}")
-                ours_lat.append(_latency(engine["shapes"][s]["ours"])[q])
-                hand_lat.append(_latency(engine["shapes"][s]["handwritten"])[q])
+        for c in cases:
+            for q in ("p50", "p99"):
+                labels.append(f"{c[1]} {c[0][:2]}\n{q}")
+                ours_lat.append(_latency(results[c]["ours"])[q])
+                hand_lat.append(_latency(results[c]["handwritten"])[q])
         x = range(len(labels))
         latency.bar([i - 0.2 for i in x], ours_lat, 0.4, label="ours")
         latency.bar([i + 0.2 for i in x], hand_lat, 0.4, label="hand-written")
-        latency.set_xticks(list(x), labels, fontsize=7)
+        latency.set_xticks(list(x), labels, fontsize=6)
         latency.set_ylabel("ms")
         latency.set_title("Scheduling latency, one execution at a time (ms)")
         latency.legend()

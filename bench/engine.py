@@ -1,10 +1,11 @@
 """Engine overhead and scheduling latency: our API + interpreter workflow against hand-written
 Temporal workflows running the same `noop` activity, side by side on one stack.
 
-    python -m bench.engine [--rounds 3] [--small]
+    python -m bench.engine [--rounds 3] [--small] [--databases sqlite postgresql]
 
-One Temporal dev server, the API (SQLite), one of our worker processes and one hand-written
-worker process (bench/handwritten.py), all started here. Three DAG shapes: a chain of 10, a
+Per database (SQLite and PostgreSQL by default, one after the other): one Temporal dev server,
+the API on that database, one of our worker processes and one hand-written worker process
+(bench/handwritten.py), all started here. Three DAG shapes: a chain of 10, a
 fan-out 1 -> 20 -> 1 and a layered random DAG of 200 tasks (seeded). Per round and shape, a
 batch of executions is started at once and timed until the last one completes:
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import statistics
 import sys
@@ -37,7 +39,7 @@ from typing import Any
 from temporalio.api.enums.v1 import EventType
 
 from bench.handwritten import DagInput, HandWrittenDag, Node
-from bench.harness import Stack, local_stack, machine, summary, write_result
+from bench.harness import Stack, local_stack, machine, postgres_database, summary, write_result
 from tests.processes import settings_env
 from workflows.constants import task_of_activity, workflow_id
 
@@ -135,9 +137,19 @@ async def latencies(stack: Stack, workflow_ids: list[str], tasks: Shape) -> dict
     return {"toScheduled": to_scheduled, "toStarted": to_started}
 
 
-async def run(rounds: int, small: bool, workdir: Path) -> dict[str, Any]:
+async def run(rounds: int, small: bool, workdir: Path, databases: list[str]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for database in databases:
+        print(f"== {database}", flush=True)
+        with postgres_database() if database == "postgresql" else contextlib.nullcontext() as url:
+            results[database] = await run_on(rounds, small, workdir / database, url)
+    return {"machine": machine(), "rounds": rounds, "small": small, "databases": results}
+
+
+async def run_on(rounds: int, small: bool, workdir: Path, database_url: str | None) -> dict[str, Any]:
+    """Every shape, both sides, on one stack (SQLite under `workdir` unless a URL is given)."""
     shapes = {name: (tasks, 2 if small else batch) for name, (tasks, batch) in SHAPES.items()}
-    async with local_stack(workdir / "stack") as stack:
+    async with local_stack(workdir / "stack", database_url) as stack:
         hand = stack.processes.add(
             "handwritten",
             [sys.executable, "-m", "bench.handwritten", "--address", stack.settings.temporal_address, "--queue", HANDWRITTEN_QUEUE],
@@ -187,12 +199,18 @@ async def run(rounds: int, small: bool, workdir: Path) -> dict[str, Any]:
             shape_results[name] = {"tasks": len(tasks), "batch": batch, **sides}
         hand.check_alive()
         rss = {**stack.rss()}
-    return {"machine": machine(), "rounds": rounds, "small": small, "shapes": shape_results, "peakRssMiB": rss}
+    return {"shapes": shape_results, "peakRssMiB": rss}
 
 
 def report(result: dict[str, Any]) -> None:
-    print(f"\n{'shape':<11} {'ours ex/s':>10} {'hand ex/s':>10} {'ours act/s':>11} {'hand act/s':>11} {'ratio':>6}  sched p50/p95/p99 ms, one at a time (ours | hand)")
-    for name, s in result["shapes"].items():
+    for database, on in result["databases"].items():
+        print(f"\n{database}")
+        report_shapes(on["shapes"])
+
+
+def report_shapes(shapes: dict[str, Any]) -> None:
+    print(f"{'shape':<11} {'ours ex/s':>10} {'hand ex/s':>10} {'ours act/s':>11} {'hand act/s':>11} {'ratio':>6}  sched p50/p95/p99 ms, one at a time (ours | hand)")
+    for name, s in shapes.items():
         o, h = s["ours"], s["handwritten"]
         lo, lh = o["schedulingLatencyMs"]["toStartedOneAtATime"], h["schedulingLatencyMs"]["toStartedOneAtATime"]
         print(
@@ -205,9 +223,10 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--small", action="store_true", help="tiny batches (CI keeps the benchmark working)")
+    parser.add_argument("--databases", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite", "postgresql"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wfo-bench-engine-") as tmp:
-        result = await run(args.rounds, args.small, Path(tmp))
+        result = await run(args.rounds, args.small, Path(tmp), args.databases)
     report(result)
     print(f"\nwritten: {write_result('engine_small' if args.small else 'engine', result)}")
 

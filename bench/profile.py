@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.engine import SHAPES
-from bench.harness import RESULTS, ROOT, Stack, local_stack, machine, write_result
+from bench.harness import RESULTS, Stack, local_stack, machine, write_result
 
 #: Library buckets: a sample counts for a bucket if any frame's path starts with the marker.
 LIBRARIES = {

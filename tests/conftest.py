@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -182,10 +183,8 @@ def engine_settings(database_url: str, tmp_path: Path, temporal_env: WorkflowEnv
 
 
 @contextlib.asynccontextmanager
-async def running_worker(
-    client: Client, settings: Settings, *args: str, identity: str = "test-worker"
-) -> AsyncIterator[list[Worker]]:
-    """worker.py's workers, in this process, until the block ends."""
+async def running_worker_set(client: Client, settings: Settings, *args: str, identity: str = "test-worker") -> AsyncIterator[Any]:
+    """worker.py's WorkerSet, running in this process until the block ends."""
     from worker import WorkerSet, parse_args
 
     options = parse_args(["--graceful-shutdown", "2", *args])
@@ -195,6 +194,15 @@ async def running_worker(
     configure_network(allow_private=settings.allow_private_networks)
     worker_set = WorkerSet(client, settings, options, identity)
     async with worker_set.running():
+        yield worker_set
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    client: Client, settings: Settings, *args: str, identity: str = "test-worker"
+) -> AsyncIterator[list[Worker]]:
+    """worker.py's workers, in this process, until the block ends."""
+    async with running_worker_set(client, settings, *args, identity=identity) as worker_set:
         yield worker_set.workers
 
 

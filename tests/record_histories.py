@@ -12,9 +12,12 @@ saves each Temporal run's history as `handle.fetch_history().to_json()`, one fil
 
 When to run it: after a change to workflows/ that is *meant* to alter what the interpreter
 schedules. Executions already running keep their old histories, so such a change must also stay
-compatible with them (`workflow.patched(...)`) until they have closed: re-recording makes CI pass
-again but does not make running executions safe. Keep the old files next to the new ones (under
-another name) while old runs may still exist. A new scenario is a new entry in SCENARIOS here and
+compatible with them (`workflow.patched(...)`, or a field of the input that old runs lack) until
+they have closed: re-recording makes CI pass again but does not make running executions safe.
+Keep the old files next to the new ones while old runs may still exist: tests/histories/ holds
+the runs whose events the worker's read model runner writes, tests/histories/local-activity/ the
+runs started before it (they publish with a local activity per workflow task, and the replay
+test keeps them working). A new scenario is a new entry in SCENARIOS here and
 in EXPECTED in tests/test_replay.py (which fails when the two disagree with the files).
 
 Scenarios (file names):

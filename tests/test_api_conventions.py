@@ -175,7 +175,11 @@ class TestHealth:
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
                 response = await client.get("/readyz")
                 assert response.status_code == 200, response.text
-                assert response.json() == {"status": "ready", "checks": {"database": "ok", "temporal": "ok"}}
+                assert response.json() == {
+                    "status": "ready",
+                    "checks": {"database": "ok", "temporal": "ok"},
+                    "reconciler": {"backlog": 0, "unchecked": 0, "lastPassAt": None},  # no pass yet
+                }
 
 
 class TestOpenAPI:

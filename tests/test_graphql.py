@@ -847,6 +847,7 @@ MUTATIONS = {
         "definition",
     ),
     "cancelWorkflowExecution": ("mutation($id: ID!) { cancelWorkflowExecution(id: $id) { id } }", "unknown"),
+    "reconcileWorkflowExecution": ("mutation($id: ID!) { reconcileWorkflowExecution(id: $id) { id } }", "unknown"),
     "retryTaskExecution": ("mutation($id: ID!) { retryTaskExecution(id: $id) { id } }", "unknown"),
     "completeTask": ("mutation($id: ID!) { completeTask(id: $id, output: 1) { id } }", "unknown"),
     "rejectTask": ('mutation($id: ID!) { rejectTask(id: $id, reason: "x") { id } }', "unknown"),

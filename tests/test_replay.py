@@ -2,6 +2,10 @@
 change that would break running executions fails CI. The histories come from real runs of each
 path (tests/record_histories.py says how to record them again, and when that is the right fix).
 
+Two generations: runs whose events the worker's read model runner writes (tests/histories/), and
+runs started before it, which publish with a local activity per workflow task and must go on
+replaying until none is left (tests/histories/local-activity/).
+
 The replayer runs the workflow as the worker does (default sandbox); the last tests prove that
 it would notice: modified copies of the interpreter must fail with a nondeterminism error.
 """
@@ -18,11 +22,14 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from workflows.constants import INTERPRETER_WORKFLOW
+from workflows.constants import INTERPRETER_WORKFLOW, PUBLISH_ACTIVITY
 from workflows.inputs import InterpreterInput, InterpreterResult
 from workflows.interpreter import InterpreterWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
+#: Recorded before the read model runner: every workflow task publishes with a local activity.
+LOCAL_ACTIVITY = "local-activity"
+ERAS = ["", LOCAL_ACTIVITY]
 
 #: Every recorded run and how it ended: a missing file fails, so does a truncated one.
 EXPECTED = {
@@ -40,9 +47,9 @@ EXPECTED = {
 }
 
 
-def load(name: str) -> WorkflowHistory:
+def load(name: str, era: str = "") -> WorkflowHistory:
     """A recorded history, under the workflow id it ran with."""
-    text = (HISTORIES / f"{name}.json").read_text()
+    text = (HISTORIES / era / f"{name}.json").read_text()
     started = json.loads(text)["events"][0]["workflowExecutionStartedEventAttributes"]
     return WorkflowHistory.from_json(started.get("workflowId", name), text)
 
@@ -51,13 +58,25 @@ def event_types(history: WorkflowHistory) -> list[Any]:
     return [event.event_type for event in history.events]
 
 
-class TestRecordedHistories:
-    def test_every_scenario_is_recorded(self) -> None:
-        assert sorted(p.stem for p in HISTORIES.glob("*.json")) == sorted(EXPECTED)
+def local_activities(history: WorkflowHistory) -> list[str]:
+    """The activity type of every local activity marker in the history."""
+    types = []
+    for event in history.events:
+        if event.HasField("marker_recorded_event_attributes"):
+            data = event.marker_recorded_event_attributes.details["data"].payloads[0].data
+            types.append(json.loads(data)["activity_type"])
+    return types
 
+
+class TestRecordedHistories:
+    @pytest.mark.parametrize("era", ERAS)
+    def test_every_scenario_is_recorded(self, era: str) -> None:
+        assert sorted(p.stem for p in (HISTORIES / era).glob("*.json")) == sorted(EXPECTED)
+
+    @pytest.mark.parametrize("era", ERAS)
     @pytest.mark.parametrize("name", sorted(EXPECTED))
-    def test_history_is_a_whole_run(self, name: str) -> None:
-        history = load(name)
+    def test_history_is_a_whole_run(self, name: str, era: str) -> None:
+        history = load(name, era)
         types = event_types(history)
         assert types[0] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED
         assert types[-1] == EXPECTED[name]
@@ -65,6 +84,15 @@ class TestRecordedHistories:
             history.events[0].workflow_execution_started_event_attributes.workflow_type.name
             == INTERPRETER_WORKFLOW
         )
+
+    @pytest.mark.parametrize("name", sorted(EXPECTED))
+    def test_runner_runs_publish_without_local_activities(self, name: str) -> None:
+        """The new generation has no publishing marker (the runner writes the read model) and at most
+        one inspection timer a run, however many hops; the old one a marker per workflow task."""
+        assert PUBLISH_ACTIVITY not in local_activities(load(name))
+        assert PUBLISH_ACTIVITY in local_activities(load(name, LOCAL_ACTIVITY))
+        if name in ("chain", "fan_out_fan_in", "approval", "reopen_second_run"):
+            assert event_types(load(name)).count(EventType.EVENT_TYPE_TIMER_STARTED) <= 1
 
     def test_paths_are_covered(self) -> None:
         """The histories hold what they are meant to: updates, a reopened run, cancellation, timers."""
@@ -87,9 +115,10 @@ class TestRecordedHistories:
 
 
 class TestReplay:
+    @pytest.mark.parametrize("era", ERAS)
     @pytest.mark.parametrize("name", sorted(EXPECTED))
-    async def test_history_replays(self, name: str) -> None:
-        result = await Replayer(workflows=[InterpreterWorkflow]).replay_workflow(load(name))
+    async def test_history_replays(self, name: str, era: str) -> None:
+        result = await Replayer(workflows=[InterpreterWorkflow]).replay_workflow(load(name, era))
         assert result.replay_failure is None
 
 
@@ -124,14 +153,15 @@ class TimerFirst(InterpreterWorkflow):
 
 
 class TestReplayNoticesIncompatibleChanges:
+    @pytest.mark.parametrize("era", ERAS)
     @pytest.mark.parametrize(
         ("changed", "name"),
         [(ReversedStartOrder, "fan_out_fan_in"), (TimerFirst, "chain"), (TimerFirst, "approval")],
         ids=["reversed-start-order/fan_out_fan_in", "timer-first/chain", "timer-first/approval"],
     )
-    async def test_modified_workflow_fails_replay(self, changed: type, name: str) -> None:
+    async def test_modified_workflow_fails_replay(self, changed: type, name: str, era: str) -> None:
         with pytest.raises(workflow.NondeterminismError):
-            await Replayer(workflows=[changed]).replay_workflow(load(name))
+            await Replayer(workflows=[changed]).replay_workflow(load(name, era))
 
     async def test_order_change_is_harmless_where_nothing_runs_in_parallel(self) -> None:
         """The same reversed order replays a chain: the check is about what a history contains."""

@@ -26,14 +26,26 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from sqlmodel import select
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.testing import WorkflowEnvironment
 
+from api.db import create_engine, session_factory, utcnow
+from api.models.executions import ExecutionRow
+from api.models.webhooks import WebhookDeliveryRow
+from api.services.delivery import Deliverer
+from api.services.readmodel import apply_batch
 from api.settings import Settings
 from tests.conftest import ADMIN_PASSWORD, free_port, login, problem, running_worker
 from tests.graphql_client import data_of, error_of, gql
-from tests.loopback import LoopbackServer, RecordedRequest, Reply
-from tests.processes import ProcessSet, running_processes, wait_http_ready, wait_temporal_ready, wait_worker_polling
+from tests.loopback import RecordedRequest, Reply
+from tests.processes import (
+    ProcessSet,
+    running_processes,
+    wait_http_ready,
+    wait_temporal_ready,
+    wait_worker_polling,
+)
 from tests.webhook_support import (
     EVENTS,
     SPEC_SECRET,
@@ -52,6 +64,7 @@ from tests.webhook_support import (
     wait_execution,
     webhook,
 )
+from workflows.inputs import DeliveryInput, Event, EventBatch
 
 DELIVERY_KEYS = {
     "id", "webhookId", "event", "eventId", "status", "attempts", "lastStatusCode", "lastError",
@@ -586,13 +599,18 @@ class TestDeliveryLog:
         sent = by_message(loopback.requests_to("/hook"))
         for delivery in v1:
             assert delivery["eventId"] in sent and sent[delivery["eventId"]][0].json()["type"] == delivery["event"]
-            assert delivery["attempts"] == len(sent[delivery["eventId"]])
+            if delivery["status"] == "DELIVERED":
+                assert delivery["attempts"] == len(sent[delivery["eventId"]])
+            else:  # an attempt answered after the give-up reached the receiver but not the log
+                assert 1 <= delivery["attempts"] <= len(sent[delivery["eventId"]])
 
         failed = (await client.get(f"/api/webhooks/{hook['id']}/deliveries", params={"status": "FAILED"}, headers=operator)).json()
         assert [d["event"] for d in failed] == ["milestone.achieved"] * 2
         for d in failed:
             assert d["lastStatusCode"] == 500 and "answered 500 Internal Server Error" in d["lastError"] and d["deliveredAt"] is None
-            assert d["nextAttemptAt"] is None and d["attempts"] >= 2
+            # Retried until the period ended (how often depends on the machine's pace: TestRetries
+            # counts the retries); a late attempt's outcome never reopens a given-up delivery.
+            assert d["nextAttemptAt"] is None and d["attempts"] >= 1
         delivered = (await client.get(f"/api/webhooks/{hook['id']}/deliveries", params={"status": "DELIVERED"}, headers=operator)).json()
         assert len(delivered) == 5
         assert all(d["lastStatusCode"] == 200 and d["lastError"] is None and d["deliveredAt"] and d["nextAttemptAt"] is None for d in delivered)
@@ -822,3 +840,51 @@ class TestSsrfAtDelivery:
         assert final["status"] == "FAILED" and fetch["status"] == "FAILED" and fetch["attempts"] == 1, final
         assert "refused" in fetch["error"] and "'localhost' resolves to 127.0.0.1" in fetch["error"], fetch["error"]
         assert loopback.requests == []
+
+
+# --- a late attempt never changes a settled delivery ------------------------------------------------
+
+
+class TestLateAttempt:
+    async def test_an_attempt_answered_after_the_give_up_leaves_the_delivery_failed(
+        self, client, operator, settings, loopback
+    ):
+        """The interleaving that once left a FAILED delivery with a next attempt time, made exactly:
+        an attempt is in flight (the receiver holds its answer), the delivery is given up, then the
+        attempt's 500 comes back. Its record must not touch the settled delivery."""
+        gate = threading.Event()
+
+        def held_500(request: RecordedRequest) -> Reply:
+            gate.wait(30)
+            return Reply(500)
+
+        loopback.route("/hook", handler=held_500)
+        hook = await register(client, operator, loopback.url_for("/hook"))
+        definition = await define(client, operator, [{"id": "only", "name": "only"}])
+        engine = create_engine(settings)
+        sessions = session_factory(engine)
+        try:
+            async with sessions() as session:
+                execution = ExecutionRow(
+                    definition_id=int(definition), definition_version="1.0.0", status="RUNNING", start_time=utcnow(),
+                    workflow_id="late-attempt", context={}, context_created_at=utcnow(), context_updated_at=utcnow(),
+                )  # fmt: skip
+                session.add(execution)
+                await session.commit()
+                event = Event(seq=1, type="workflow.execution.started", at=utcnow(), data={"status": "RUNNING", "startTime": utcnow()})
+                await apply_batch(session, EventBatch(str(execution.id), "late-attempt", "run", [event]))
+                delivery = (await session.exec(select(WebhookDeliveryRow).where(WebhookDeliveryRow.webhook_id == int(hook["id"])))).one()
+            deliverer = Deliverer(sessions, settings)
+            attempt = asyncio.create_task(deliverer.attempt(DeliveryInput(delivery_id=str(delivery.id))))
+            await loopback.wait_for_requests_async(1, "/hook", timeout=30)
+            await deliverer.give_up(str(delivery.id), "the retry period is over")
+            gate.set()
+            await asyncio.gather(attempt, return_exceptions=True)
+            async with sessions() as session:
+                settled = await session.get(WebhookDeliveryRow, delivery.id)
+        finally:
+            gate.set()
+            await engine.dispose()
+        assert settled is not None
+        assert settled.status == "FAILED" and settled.next_attempt_at is None
+        assert settled.attempts == 0 and settled.last_error == "gave up after 0 attempts: the retry period is over"

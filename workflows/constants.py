@@ -23,6 +23,12 @@ GIVE_UP_ACTIVITY = "wfo.give_up_delivery"
 #: Delivery failures that retrying cannot fix (410 Gone, the webhook deactivated, a refused URL).
 FINAL_DELIVERY_ERRORS = ("WebhookGone", "WebhookInactive", "DestinationRefused")
 
+#: The reconciler: a Temporal Schedule starts a small workflow on the system queue that runs one
+#: pass (an activity) comparing unfinished executions with Temporal.
+RECONCILER_WORKFLOW = "Reconciler"
+RECONCILE_ACTIVITY = "wfo.reconcile_executions"
+RECONCILER_SCHEDULE_FORMAT = "{prefix}-reconciler"
+
 #: Temporal workflow id of an execution: readable in the Web UI and unique per execution.
 WORKFLOW_ID_FORMAT = "{prefix}-{definition_id}-{execution_id}"
 
@@ -37,6 +43,10 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
 
 def workflow_id(prefix: str, definition_id: str, execution_id: str) -> str:
     return WORKFLOW_ID_FORMAT.format(prefix=prefix, definition_id=definition_id, execution_id=execution_id)
+
+
+def reconciler_schedule_id(prefix: str) -> str:
+    return RECONCILER_SCHEDULE_FORMAT.format(prefix=prefix)
 
 
 def activity_id(task_id: str, attempts_before: int) -> str:

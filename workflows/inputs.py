@@ -67,6 +67,8 @@ class EngineOptions:
     #: History length (events) at which a run hands the execution over to a new run
     #: (continue-as-new), far below Temporal's limit of 51,200 events.
     continue_after_events: int = 10_000
+    #: History size (bytes) at which a run hands over, far below Temporal's limit of 50 MB.
+    continue_after_bytes: int = 24 * 1024 * 1024
 
 
 # --- task activities ------------------------------------------------------------------------
@@ -137,9 +139,18 @@ class ResumeState:
     #: `tasks` and `context` packed (see pack_carry), instead of the two fields, for a
     #: continued run: thousands of task states would not fit in one payload otherwise.
     packed: str | None = None
+    #: When synchronization point deadlines started counting (None: at `started_at`): a reopened
+    #: execution counts from its reopening, and its continued runs go on from there.
+    deadline_base: datetime | None = None
 
     def carried(self) -> tuple[list[TaskCarryOver], dict[str, Any]]:
         return unpack_carry(self.packed) if self.packed is not None else (self.tasks, self.context)
+
+
+#: How an interpreter run publishes its events: through the worker's read model runner, or (runs
+#: started before the runner existed, whose inputs lack the field) with a local activity.
+PUBLISH_BY_RUNNER = "runner"
+PUBLISH_BY_LOCAL_ACTIVITY = "local-activity"
 
 
 @dataclass
@@ -154,6 +165,7 @@ class InterpreterInput:
     resume: ResumeState | None = None
     #: The tasks, packed (see pack_tasks), instead of `tasks` when the list is large.
     packed_tasks: str | None = None
+    publisher: str = PUBLISH_BY_LOCAL_ACTIVITY
 
     def task_specs(self) -> list[TaskSpec]:
         return unpack_tasks(self.packed_tasks) if self.packed_tasks is not None else self.tasks

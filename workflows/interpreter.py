@@ -3,8 +3,10 @@
 Every task becomes an activity (its type names the activity) scheduled as soon as its
 dependencies are done; `sleep` and `approval` tasks are handled here (a durable timer, an
 Update). Synchronization points are barriers with an optional deadline. Every state change
-is an event with a per-execution sequence number; the events of one workflow task are
-published in one batch by a local activity before anything else is scheduled.
+is an event with a per-execution sequence number. The events of one activation are written to
+the read model by the worker's runner before the activation's commands leave for Temporal
+(workflows/publishing.py); runs begun before that change publish them with a local activity per
+workflow task instead, as their histories record.
 
 Deterministic: time, randomness and I/O only through Temporal's APIs.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,9 +25,13 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    # Imported by its full name: `from workflows import publishing` would load it inside the
+    # sandbox, from the sandbox's own `workflows` package, instead of passing it through.
+    import workflows.publishing as publishing  # noqa: PLR0402
     from activities.templating import references
     from workflows.constants import INSPECT_ACTIVITY, INTERPRETER_WORKFLOW, PUBLISH_ACTIVITY, activity_id
     from workflows.inputs import (
+        PUBLISH_BY_RUNNER,
         Event,
         EventBatch,
         InspectRequest,
@@ -41,15 +46,19 @@ with workflow.unsafe.imports_passed_through():
         TaskSpec,
         pack_carry,
     )
+    from workflows.records import (
+        CANCELLED,
+        COMPLETED,
+        FAILED,
+        PENDING,
+        RUNNING,
+        WAITING,
+        Blocker,
+        Inspection,
+        TaskDecision,
+        TaskState,
+    )
 
-PENDING, RUNNING, WAITING, COMPLETED, FAILED, CANCELLED = (
-    "PENDING",
-    "RUNNING",
-    "WAITING",
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-)
 #: Task types the workflow runs itself; every other type is an activity of that name.
 SLEEP, APPROVAL = "sleep", "approval"
 #: Built-in types that use the context only through `${...}` references in their input: they are
@@ -59,77 +68,21 @@ CONTEXT_BY_REFERENCE = frozenset({"noop", "http"})
 #: A worker answers NotFoundError for an activity type it does not have: never worth retrying.
 UNKNOWN_TYPE_ERROR = "NotFoundError"
 
-#: Publishing retries until the database answers; meanwhile the DAG waits.
+#: Publishing (runs without the patch) retries until the database answers; meanwhile the DAG waits.
 PUBLISH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
 PUBLISH_TIMEOUT = timedelta(seconds=10)
 INSPECT_TIMEOUT = timedelta(seconds=10)
 #: Longest gap between inspections of a long-running task.
 INSPECT_MAX_INTERVAL = 300.0
-#: A run hands over on Temporal's suggestion only once its history is at least this long.
+#: A run hands over on Temporal's suggestion only once its history is at least this long, or
+#: this large (Temporal suggests it early, from a few MB on).
 HANDOVER_FLOOR_EVENTS = 2_000
-
-
-@dataclass
-class _Task:
-    spec: TaskSpec
-    status: str = PENDING
-    #: Attempts of earlier schedulings (a retried task goes on counting).
-    attempts_before: int = 0
-    attempts: int = 0
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    error: str | None = None
-    resources: dict[str, Any] | None = None
-    runner: asyncio.Task[None] | None = None
-    decision: tuple[str, Any] | None = None
-    #: WAITING when the previous run continued as new: it goes on waiting, unannounced.
-    carried: bool = False
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "taskId": self.spec.id,
-            "status": self.status,
-            "startTime": self.started_at,
-            "endTime": self.ended_at,
-            "attempts": self.attempts,
-            "error": self.error,
-            "resources": self.resources,
-        }
-
-
-@dataclass
-class TaskDecision:
-    """An approval task's outcome, sent by the API."""
-
-    task_id: str
-    output: Any = None
-    reason: str | None = None
-
-
-@dataclass
-class _Blocker:
-    key: str
-    kind: str
-    description: str
-    task_id: str | None
-    created_at: datetime
-    resolved_at: datetime | None = None
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "kind": self.kind,
-            "description": self.description,
-            "taskId": self.task_id,
-            "createdAt": self.created_at,
-            "resolvedAt": self.resolved_at,
-        }
-
-
-@dataclass
-class _Inspection:
-    next_at: float
-    interval: float
+HANDOVER_FLOOR_BYTES = 8 * 1024 * 1024
+#: Bytes of task inputs one workflow task may schedule (Temporal takes at most 4 MB per
+#: workflow-task completion): tasks beyond it start in the next workflow task.
+SCHEDULE_BYTES_PER_ACTIVATION = 2 * 1024 * 1024
+#: Largest continue-as-new input (Temporal refuses payloads over 2 MB).
+MAX_HANDOVER_BYTES = 1_900_000
 
 
 @workflow.defn(name=INTERPRETER_WORKFLOW)
@@ -144,11 +97,11 @@ class InterpreterWorkflow:
     def __init__(self, input: InterpreterInput) -> None:
         self.input = input
         specs = input.task_specs()
-        self.tasks = {spec.id: _Task(spec) for spec in specs}
+        self.tasks = {spec.id: TaskState(spec) for spec in specs}
         self.sync_points: dict[str, SyncPointSpec] = {p.id: p for p in input.sync_points}
         self.reached: dict[str, datetime] = {}
         self.missed: set[str] = set()
-        self.blockers: dict[str, _Blocker] = {}
+        self.blockers: dict[str, Blocker] = {}
         self.context: dict[str, Any] = dict(input.context)
         self.context_version = 1
         self.references: dict[str, list[str]] = {}
@@ -160,7 +113,19 @@ class InterpreterWorkflow:
         self.changed = False
         self.started_at = workflow.now()
         self.timers: list[asyncio.Task[None]] = []
-        self.inspections: dict[str, _Inspection] = {}
+        self.inspections: dict[str, Inspection] = {}
+        #: Events go to the worker's read model runner, not to a local activity per workflow task
+        #: (runs started before the runner existed keep publishing as their histories say).
+        self.through = input.publisher == PUBLISH_BY_RUNNER
+        #: Task activities running (sleeps and approvals are not): what the inspection looks at.
+        self.activities_running = 0
+        #: The run has said its last word (finished, or handed over): nothing more is announced.
+        self.closing = False
+        #: Synchronization point deadlines count from here: the start, or the reopening of a failed execution.
+        self.deadline_base = self.started_at
+        #: Task input bytes scheduled in the current activation, and when it began.
+        self.scheduled_bytes = 0
+        self.scheduled_at: float | None = None
         # Incremental bookkeeping, so a completion costs its out-degree, not the DAG's size.
         self.order = {spec.id: index for index, spec in enumerate(specs)}
         self.dependents: dict[str, list[str]] = {}  # node -> tasks that depend on it
@@ -174,9 +139,9 @@ class InterpreterWorkflow:
         self.unmet = {spec.id: len(set(spec.dependencies)) for spec in specs}
         self.sync_unmet = {point.id: len(set(point.required_tasks)) for point in input.sync_points}
         self.ready: set[str] = set()
-        self.running: dict[str, _Task] = {}
+        self.running: dict[str, TaskState] = {}
         #: Marked as started, events not yet published, not running yet.
-        self.starting: list[_Task] = []
+        self.starting: list[TaskState] = []
         self.completed = 0
         #: The history grew long: nothing new starts; once running activities are done, the
         #: execution continues as a new run (continue-as-new).
@@ -185,6 +150,7 @@ class InterpreterWorkflow:
         if resume is not None:
             carried_tasks, carried_context = resume.carried()
             self.started_at = resume.started_at
+            self.deadline_base = resume.deadline_base or resume.started_at
             self.context = dict(carried_context)
             self.context_version = resume.context_version
             self.seq = self.flushed_seq = resume.last_seq
@@ -205,7 +171,7 @@ class InterpreterWorkflow:
                 if task.status == COMPLETED:
                     self._node_done(task.spec.id, announce=False)
             for snapshot in resume.blockers:
-                blocker = _Blocker(
+                blocker = Blocker(
                     snapshot["key"], snapshot["kind"], snapshot["description"], snapshot.get("taskId"), _time(snapshot["createdAt"])
                 )
                 self.blockers[blocker.key] = blocker
@@ -217,6 +183,45 @@ class InterpreterWorkflow:
 
     @workflow.run
     async def run(self, input: InterpreterInput) -> InterpreterResult:
+        if not self.through:
+            return await self._run_publishing_locally()
+        if not publishing.available() and not workflow.unsafe.is_replaying():
+            # A worker must be built by worker.py to run the interpreter: fail the workflow task
+            # (Temporal retries it, on a worker that has the runner) rather than run unseen.
+            raise publishing.NoPublisher("this worker has no read model runner; start workers with wfo-worker")
+        # Not cancelled at the end: a timer left pending costs nothing when the run closes.
+        self.inspector = asyncio.create_task(self._inspector())
+        try:
+            self._begin()
+            while True:
+                self._advance()
+                # Scheduled in the activation that announced them: the runner writes the events
+                # before the schedule commands leave, so the API never shows less than what runs.
+                self._launch()
+                if self._settled():
+                    break
+                if self._handover_due():
+                    await self._continue_as_new()
+                if self.ready and not self.draining and self.failure is None:
+                    # Some ready tasks did not fit into this workflow task: the next one starts them.
+                    await workflow.sleep(timedelta(milliseconds=1))
+                else:
+                    await workflow.wait_condition(lambda: self.changed)
+                self.changed = False
+            return await self._finish()
+        except asyncio.CancelledError:
+            if self.status != RUNNING:
+                raise  # finished already (its events are out); only the close was left
+            await self._cancel_all("the execution was cancelled")
+            self._emit("workflow.execution.cancelled", self._execution_snapshot(CANCELLED))
+            self.status = CANCELLED
+            self.closing = True
+            raise
+
+    async def _run_publishing_locally(self) -> InterpreterResult:
+        """The loop of runs begun before the read model runner: a local activity publishes each
+        workflow task's events before its tasks are scheduled, and the wait for a change re-arms the
+        inspection timer. Kept as it was, so that those runs replay and finish unchanged."""
         try:
             self._begin()
             while True:
@@ -271,8 +276,18 @@ class InterpreterWorkflow:
         elif self.input.resume and self.input.resume.retry_task_id in self.tasks:
             # The failed run's blocker for this task ends here; the task waits to run again.
             retried = self.tasks[self.input.resume.retry_task_id]
-            self._emit("blocker.resolved", {"key": f"task-failed:{retried.spec.id}", "resolvedAt": workflow.now()})
+            key = f"task-failed:{retried.spec.id}"
+            if key in self.blockers:
+                self._resolve_blocker(key)
+            else:
+                self._emit("blocker.resolved", {"key": key, "resolvedAt": workflow.now()})
             self._emit("task.execution.pending", self._task_event(retried))
+        if reopened and self.through:
+            # A reopened execution gets its synchronization points' full time again, and what the
+            # reconciler said about the run it repaired is history now.
+            self.deadline_base = workflow.now()
+            for key in [k for k, b in self.blockers.items() if b.kind == "reconciled" and b.resolved_at is None]:
+                self._resolve_blocker(key)
         for point in self.input.sync_points:
             if point.timeout is not None and point.id not in self.reached:
                 self.timers.append(asyncio.create_task(self._sync_deadline(point)))
@@ -285,9 +300,32 @@ class InterpreterWorkflow:
         if self.draining:
             return  # the next run starts them
         ready, self.ready = sorted(self.ready, key=self.order.__getitem__), set()
-        for task_id in ready:
-            if self.tasks[task_id].status == PENDING:
-                self._start(self.tasks[task_id])
+        for index, task_id in enumerate(ready):
+            task = self.tasks[task_id]
+            if task.status != PENDING:
+                continue
+            if self.through and not self._fits(task):
+                self.ready.update(ready[index:])  # the next workflow task (or run) starts them
+                return
+            self._start(task)
+
+    def _fits(self, task: TaskState) -> bool:
+        """Whether the task's input fits into this workflow task and the run's history: a task that
+        gets the whole context carries it in its scheduled event. The first task always fits."""
+        if task.spec.type in CONTEXT_BY_REFERENCE or task.spec.type in (SLEEP, APPROVAL):
+            return True
+        now = workflow.time()
+        if self.scheduled_at != now:
+            self.scheduled_at, self.scheduled_bytes = now, 0
+        size = self.context_bytes + (_json_size(task.spec.input) if task.spec.input else 0)
+        history = workflow.info().get_current_history_size()
+        if self.scheduled_bytes and history + self.scheduled_bytes + size >= self.input.options.continue_after_bytes:
+            self.draining = True  # the history would grow too large: the next run goes on
+            return False
+        if self.scheduled_bytes and self.scheduled_bytes + size > SCHEDULE_BYTES_PER_ACTIVATION:
+            return False
+        self.scheduled_bytes += size
+        return True
 
     def _launch(self) -> None:
         """Run the tasks marked as started (their events are published by now)."""
@@ -295,6 +333,8 @@ class InterpreterWorkflow:
         for task in starting:
             task.runner = asyncio.create_task(self._run_task(task))
             self.running[task.spec.id] = task
+            if task.spec.type not in (SLEEP, APPROVAL):
+                self.activities_running += 1
 
     def _node_done(self, node_id: str, *, announce: bool = True) -> None:
         """A task completed or a synchronization point was reached: count it off for what waits on it."""
@@ -334,10 +374,19 @@ class InterpreterWorkflow:
         if not self.draining:
             info = workflow.info()
             length = info.get_current_history_length()
-            # Temporal's suggestion (from its history length and size limits) counts only past a
-            # floor, so a run that starts big still gets work done before it hands over.
-            suggested = info.is_continue_as_new_suggested() and length >= HANDOVER_FLOOR_EVENTS
-            self.draining = length >= self.input.options.continue_after_events or suggested
+            options = self.input.options
+            if self.through:
+                # Size counts as much as length: tasks that get a large context fill the history
+                # long before it has many events (Temporal terminates a run at 50 MB).
+                size = info.get_current_history_size()
+                floor = length >= HANDOVER_FLOOR_EVENTS or size >= HANDOVER_FLOOR_BYTES
+                suggested = info.is_continue_as_new_suggested() and floor
+                self.draining = length >= options.continue_after_events or size >= options.continue_after_bytes or suggested
+            else:
+                # Temporal's suggestion (from its history length and size limits) counts only past a
+                # floor, so a run that starts big still gets work done before it hands over.
+                suggested = info.is_continue_as_new_suggested() and length >= HANDOVER_FLOOR_EVENTS
+                self.draining = length >= options.continue_after_events or suggested
         return self.draining and not self.starting and all(t.spec.type in (SLEEP, APPROVAL) for t in self.running.values())
 
     async def _continue_as_new(self) -> None:
@@ -361,8 +410,24 @@ class InterpreterWorkflow:
             reached_sync_points=sorted(self.reached),
             continued=True,
             blockers=[b.snapshot() for b in self.blockers.values() if b.resolved_at is None],
+            deadline_base=self.deadline_base if self.through else None,
         )
-        workflow.continue_as_new(dataclasses.replace(self.input, resume=resume))
+        if not self.through:
+            workflow.continue_as_new(dataclasses.replace(self.input, resume=resume))
+        # The carried context holds the initial one: the next run's input need not repeat it.
+        handover = dataclasses.replace(self.input, context={}, resume=resume)
+        size = workflow.payload_converter().to_payloads([handover])[0].ByteSize()
+        if size > MAX_HANDOVER_BYTES:
+            # Temporal would refuse the next run's input and the execution would go nowhere: fail
+            # it now, saying why, instead.
+            message = f"the execution's state ({size} bytes) is too large to carry into a new run (limit {MAX_HANDOVER_BYTES})"
+            self.failure = message
+            self.draining = False
+            self._open_blocker("handover-too-large", "handover_failed", message, None)
+            await self._cancel_all(message)
+            return
+        self.closing = True
+        workflow.continue_as_new(handover)
 
     def _carry_on(self) -> None:
         """The start of a continued run: tasks that were waiting wait on; nothing is announced."""
@@ -384,11 +449,18 @@ class InterpreterWorkflow:
             self.status = FAILED
             self.failure = self.failure or self._failure_summary()
             self._emit("workflow.execution.failed", self._execution_snapshot(FAILED))
+        self.closing = True
         for timer in self.timers:
             timer.cancel()
         await self._flush()
         # Updates in flight (a retry racing the end) get their answer before the run closes.
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        if self.through:
+            try:
+                await workflow.wait_condition(workflow.all_handlers_finished)
+            except asyncio.CancelledError:
+                pass  # the execution has finished and said so: a cancel arriving now changes nothing
+        else:
+            await workflow.wait_condition(workflow.all_handlers_finished)
         if self.status == FAILED:
             raise ApplicationError(self.failure or "the execution failed", type="ExecutionFailed", non_retryable=True)
         return InterpreterResult(COMPLETED, self.context_version, completed, len(self.tasks))
@@ -401,7 +473,7 @@ class InterpreterWorkflow:
 
     # --- tasks ---------------------------------------------------------------------------
 
-    def _start(self, task: _Task) -> None:
+    def _start(self, task: TaskState) -> None:
         task.status = WAITING if task.spec.type in (SLEEP, APPROVAL) else RUNNING
         task.started_at, task.ended_at, task.error, task.decision = workflow.now(), None, None, None
         task.attempts = task.attempts_before + 1
@@ -413,7 +485,7 @@ class InterpreterWorkflow:
             self._open_blocker(f"approval:{task.spec.id}", "approval", f"Task {task.spec.id} waits for approval", task.spec.id)
         self.starting.append(task)
 
-    async def _run_task(self, task: _Task) -> None:
+    async def _run_task(self, task: TaskState) -> None:
         try:
             if task.spec.type == SLEEP:
                 result = await self._sleep(task)
@@ -433,10 +505,11 @@ class InterpreterWorkflow:
             self._cancelled(task)
         finally:
             task.runner = None
-            self.running.pop(task.spec.id, None)
+            if self.running.pop(task.spec.id, None) is not None and task.spec.type not in (SLEEP, APPROVAL):
+                self.activities_running -= 1
             self.changed = True
 
-    async def _activity(self, task: _Task) -> Any:
+    async def _activity(self, task: TaskState) -> Any:
         spec, options = task.spec, self.input.options
         retry = spec.retry
         outcome: TaskOutcome = await workflow.execute_activity(
@@ -482,7 +555,7 @@ class InterpreterWorkflow:
             return {}
         return {k: v for k, v in self.context.items() if any(p == k or p.startswith(k + ".") for p in paths)}
 
-    async def _sleep(self, task: _Task) -> Any:
+    async def _sleep(self, task: TaskState) -> Any:
         seconds = (task.spec.input or {}).get("seconds")
         if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
             raise ApplicationError("a sleep task needs input.seconds, a number of seconds >= 0", non_retryable=True)
@@ -490,7 +563,7 @@ class InterpreterWorkflow:
         await workflow.sleep(max(0.0, seconds - elapsed))
         return {"sleptSeconds": seconds}
 
-    async def _approval(self, task: _Task) -> Any:
+    async def _approval(self, task: TaskState) -> Any:
         await workflow.wait_condition(lambda: task.decision is not None)
         assert task.decision is not None
         verdict, value = task.decision
@@ -499,9 +572,15 @@ class InterpreterWorkflow:
             raise ApplicationError(f"rejected: {value}" if value else "rejected", non_retryable=True)
         return value
 
-    def _completed(self, task: _Task, result: Any) -> None:
+    def _completed(self, task: TaskState, result: Any) -> None:
         key = f"{task.spec.id}-result"
-        entry = _json_size(key) + 1 + _json_size(result) + (1 if self.context else 0)
+        text = _json_text(result)
+        if self.through and "\\u0000" in text:
+            # PostgreSQL cannot store it (SQLite could): the same refusal on both, and in the task,
+            # where it can be fixed and retried, rather than a read model that never catches up.
+            self._failed(task, "the result contains a NUL character (\\u0000), which cannot be stored")
+            return
+        entry = _json_size(key) + 1 + len(text.encode()) + (1 if self.context else 0)
         if key in self.context:
             entry -= _json_size(key) + 1 + _json_size(self.context[key]) + 1
         size = self.context_bytes + entry
@@ -524,7 +603,8 @@ class InterpreterWorkflow:
         self._node_done(task.spec.id)
         self._emit("progress.updated", {"completedTasks": self.completed, "totalTasks": len(self.tasks)})
 
-    def _failed(self, task: _Task, message: str, resources: dict[str, Any] | None = None) -> None:
+    def _failed(self, task: TaskState, message: str, resources: dict[str, Any] | None = None) -> None:
+        message = _printable(message)
         task.status, task.ended_at, task.error = FAILED, workflow.now(), message
         if resources is not None:
             task.resources = resources
@@ -532,7 +612,7 @@ class InterpreterWorkflow:
         self._resolve_blocker(f"no-workers:{task.spec.id}")
         self._open_blocker(f"task-failed:{task.spec.id}", "task_failed", f"Task {task.spec.id} failed: {message}", task.spec.id)
 
-    def _cancelled(self, task: _Task) -> None:
+    def _cancelled(self, task: TaskState) -> None:
         task.status, task.ended_at = CANCELLED, workflow.now()
         self._emit("task.execution.cancelled", self._task_event(task))
         self._resolve_blocker(f"approval:{task.spec.id}")
@@ -554,7 +634,7 @@ class InterpreterWorkflow:
 
     async def _sync_deadline(self, point: SyncPointSpec) -> None:
         assert point.timeout is not None
-        remaining = point.timeout - (workflow.now() - self.started_at).total_seconds()
+        remaining = point.timeout - (workflow.now() - self.deadline_base).total_seconds()
         if remaining > 0:
             try:
                 await workflow.wait_condition(lambda: point.id in self.reached, timeout=remaining)
@@ -585,7 +665,7 @@ class InterpreterWorkflow:
         # While draining, the task starts in the next run: answered as PENDING.
         await workflow.wait_condition(lambda: task.status != PENDING or self.status != RUNNING or self.draining)
         await self._published()
-        return task.snapshot()
+        return self._answer(task)
 
     @retry_task.validator
     def _validate_retry(self, task_id: str) -> None:
@@ -599,7 +679,7 @@ class InterpreterWorkflow:
         task = self.tasks[task_id]
         await workflow.wait_condition(lambda: task.status != PENDING or self.status != RUNNING or self.draining)
         await self._published()
-        return task.snapshot()
+        return self._answer(task)
 
     @task_state.validator
     def _validate_task_state(self, task_id: str) -> None:
@@ -629,20 +709,25 @@ class InterpreterWorkflow:
         task.decision = (verdict, value)
         await workflow.wait_condition(lambda: task.status != WAITING)
         await self._published()
-        return task.snapshot()
+        return self._answer(task)
 
     def _validate_decision(self, decision: TaskDecision) -> None:
         task = self._task_or_reject(decision.task_id)
         if task.spec.type != APPROVAL or task.status != WAITING or task.decision is not None:
             raise ApplicationError(f"task {decision.task_id} is not waiting for approval", type="Conflict")
 
-    def _task_or_reject(self, task_id: str) -> _Task:
+    def _task_or_reject(self, task_id: str) -> TaskState:
         if self.status != RUNNING:
             raise ApplicationError(f"the execution is {self.status}", type="Closed")
         task = self.tasks.get(task_id)
         if task is None:
             raise ApplicationError(f"no task {task_id}", type="NotFound")
         return task
+
+    def _answer(self, task: TaskState) -> dict[str, Any]:
+        """An update's answer: the task's state, and the sequence number the read model will have
+        reached once it shows that state (the API waits for it before answering)."""
+        return {**task.snapshot(), "sequence": self.seq}
 
     async def _published(self) -> None:
         """Wait until everything emitted so far is in the read model."""
@@ -670,12 +755,32 @@ class InterpreterWorkflow:
             return None
         return timedelta(seconds=max(0.0, min(due) - workflow.time()))
 
-    def _inspections(self) -> dict[str, _Inspection]:
-        running = [tid for tid, t in self.running.items() if t.status == RUNNING]
+    def _inspections(self) -> dict[str, Inspection]:
+        running = [t for t in self.running.values() if t.status == RUNNING]
         first = self.input.options.inspect_after
         now = workflow.time()
-        self.inspections = {tid: self.inspections.get(tid) or _Inspection(now + first, first) for tid in running}
+        self.inspections = {
+            t.spec.id: self.inspections.get(t.spec.id) or Inspection(self._first_look(t, now) + first, first) for t in running
+        }
         return self.inspections
+
+    def _first_look(self, task: TaskState, now: float) -> float:
+        # The inspector may first see a task long after it started; the first look is due from its start.
+        return task.started_at.timestamp() if self.through and task.started_at is not None else now
+
+    async def _inspector(self) -> None:
+        """Look at long-running tasks from one timer at a time, armed for the earliest due look: a
+        hop of the DAG neither starts nor cancels a timer (two history events each)."""
+        while True:
+            await workflow.wait_condition(lambda: self.activities_running > 0)
+            due = min((i.next_at for i in self._inspections().values()), default=None)
+            if due is None:
+                await workflow.wait_condition(lambda: self.changed)  # running tasks not marked yet
+                continue
+            delay = due - workflow.time()
+            if delay > 0:
+                await workflow.sleep(delay)
+            await self._inspect_if_due()
 
     async def _inspect_if_due(self) -> None:
         """Ask Temporal about tasks running long: not yet picked up by a worker (no worker polls
@@ -689,17 +794,22 @@ class InterpreterWorkflow:
                 inspection.interval = min(inspection.interval * 2, INSPECT_MAX_INTERVAL)
                 inspection.next_at = now + inspection.interval
         info = workflow.info()
-        result: InspectResult = await workflow.execute_local_activity(
-            INSPECT_ACTIVITY,
-            InspectRequest(
-                workflow_id=info.workflow_id,
-                run_id=info.run_id,
-                task_queues={tid: self.tasks[tid].spec.queue for tid in state},
-            ),
-            result_type=InspectResult,
-            start_to_close_timeout=INSPECT_TIMEOUT,
-            retry_policy=RetryPolicy(maximum_attempts=2),
-        )
+        try:
+            result: InspectResult = await workflow.execute_local_activity(
+                INSPECT_ACTIVITY,
+                InspectRequest(
+                    workflow_id=info.workflow_id,
+                    run_id=info.run_id,
+                    task_queues={tid: self.tasks[tid].spec.queue for tid in state},
+                ),
+                result_type=InspectResult,
+                start_to_close_timeout=INSPECT_TIMEOUT,
+                retry_policy=RetryPolicy(maximum_attempts=2),
+            )
+        except ActivityError as err:
+            # Only a look (Temporal busy, rate-limited, briefly away): the next one is due later.
+            workflow.logger.warning("inspection of running tasks failed: %s", err.cause or err)
+            return
         for seen in result.tasks:
             task = self.tasks.get(seen.task_id)
             if task is None or task.status != RUNNING:
@@ -720,8 +830,20 @@ class InterpreterWorkflow:
     # --- events --------------------------------------------------------------------------
 
     def _emit(self, event_type: str, data: dict[str, Any]) -> None:
+        if self.closing and self.through:
+            return  # tasks torn down after the run's end (its last word was said) are not news
         self.seq += 1
-        self.pending.append(Event(seq=self.seq, type=event_type, at=workflow.now(), data=data))
+        event = Event(seq=self.seq, type=event_type, at=workflow.now(), data=data)
+        if not self.through:
+            self.pending.append(event)
+        elif publishing.available():
+            publishing.emit(self.input.execution_id, event)
+            # Written before this activation's commands and update answers leave the worker.
+            self.flushed_seq = self.seq
+        elif not workflow.unsafe.is_replaying():
+            raise publishing.NoPublisher("this worker has no read model runner; start workers with wfo-worker")
+        else:
+            self.flushed_seq = self.seq  # replayed: written when it first ran
 
     async def _flush(self) -> None:
         while self.pending:
@@ -736,7 +858,7 @@ class InterpreterWorkflow:
             del self.pending[: len(batch)]
             self.flushed_seq = batch[-1].seq
 
-    def _task_event(self, task: _Task) -> dict[str, Any]:
+    def _task_event(self, task: TaskState) -> dict[str, Any]:
         return {**task.snapshot(), "name": task.spec.name, "type": task.spec.type}
 
     def _execution_snapshot(self, status: str) -> dict[str, Any]:
@@ -756,7 +878,7 @@ class InterpreterWorkflow:
         current = self.blockers.get(key)
         if current is not None and current.resolved_at is None:
             return
-        blocker = _Blocker(key, kind, description, task_id, workflow.now())
+        blocker = Blocker(key, kind, description, task_id, workflow.now())
         self.blockers[key] = blocker
         self._emit("blocker.detected", blocker.snapshot())
 
@@ -777,8 +899,17 @@ def _time(value: datetime | str) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
+def _json_text(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def _json_size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode())
+    return len(_json_text(value).encode())
+
+
+def _printable(text: str) -> str:
+    """Error text as the read model can keep it on both databases (PostgreSQL refuses NUL)."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def _seconds(value: float) -> str:

@@ -21,6 +21,7 @@ from api.models.users import Role
 from api.services.definitions import DefinitionService
 from api.services.events import EventFeed
 from api.services.executions import ExecutionService
+from api.services.reconciler import Reconciler
 from api.services.users import Principal, UserService
 from api.services.watch import ExecutionWatcher
 from api.services.webhooks import WebhookService
@@ -33,6 +34,7 @@ class Services:
 
     definitions: DefinitionService
     executions: ExecutionService
+    reconciler: Reconciler
     users: UserService
     webhooks: WebhookService
 
@@ -62,6 +64,7 @@ class Context(BaseContext):
             yield Services(
                 definitions=DefinitionService(session, self.settings),
                 executions=ExecutionService(session, self.settings, self.temporal),
+                reconciler=Reconciler(session, self.settings, self.temporal),
                 users=UserService(session, self.settings),
                 webhooks=WebhookService(session, self.settings),
             )

@@ -95,6 +95,13 @@ class Mutation:
             detail = await services.executions.cancel(user, id)
         return WorkflowExecution.of(detail.row, detail.tasks)
 
+    @strawberry.mutation(description="Compare an execution with Temporal now and repair it where Temporal ended its run.")
+    async def reconcile_workflow_execution(self, info: Info[Context, None], id: strawberry.ID) -> WorkflowExecution:
+        await info.context.principal(Role.OPERATOR)
+        async with info.context.services() as services:
+            detail = (await services.reconciler.reconcile(id)).detail
+        return WorkflowExecution.of(detail.row, detail.tasks)
+
     @strawberry.mutation(description="Run a FAILED task again (a failed execution reopens).")
     async def retry_task_execution(self, info: Info[Context, None], id: strawberry.ID) -> TaskExecution:
         user = await info.context.principal(Role.OPERATOR)

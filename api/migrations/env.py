@@ -7,6 +7,7 @@ from sqlmodel import SQLModel
 
 import api.models.definitions  # noqa: F401  (registers the tables on SQLModel.metadata)
 import api.models.executions  # noqa: F401
+import api.models.reconciler  # noqa: F401
 import api.models.users  # noqa: F401
 import api.models.webhooks  # noqa: F401
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Response
 
-from api.deps import ApiVersion, ExecutionServiceDep, Operator, PaginationDep, Viewer
+from api.deps import ApiVersion, ExecutionServiceDep, Operator, PaginationDep, ReconcilerDep, Viewer
 from api.errors import (
     DefinitionNotFound,
     ExecutionConflict,
@@ -29,6 +29,9 @@ from api.models.executions import (
     present_task,
 )
 from api.problems import problem_responses
+
+#: The on-demand reconciliation's finding (api.services.reconciler.Outcome).
+RECONCILIATION_HEADER = "Reconciliation-Outcome"
 
 router = APIRouter(prefix="/executions", tags=["workflow executions"], responses=problem_responses(Forbidden))
 
@@ -94,6 +97,30 @@ async def cancel_execution(
     """Cancel a running execution; answers with its cancelled state (409 once it has finished)."""
     detail = await executions.cancel(user, execution_id)
     return present_execution(detail.row, detail.tasks, version)
+
+
+@router.post(
+    "/{execution_id}/reconcile",
+    responses={
+        200: {
+            "headers": {
+                RECONCILIATION_HEADER: {
+                    "description": "What it found: repaired, live (the run goes on), pending (diverging, within the "
+                    "grace period), finished, moved (the execution changed meanwhile) or unchecked.",
+                    "schema": {"type": "string"},
+                }
+            }
+        },
+        **problem_responses(ExecutionNotFound, ServiceUnavailable),
+    },
+)
+async def reconcile_execution(
+    execution_id: str, user: Operator, reconciler: ReconcilerDep, version: ApiVersion, response: Response
+) -> ExecutionPublicV2 | ExecutionPublic:
+    """Compare the execution with Temporal now and repair it where Temporal ended its run; answers with the execution."""
+    reconciled = await reconciler.reconcile(execution_id)
+    response.headers[RECONCILIATION_HEADER] = reconciled.reconciliation.outcome.value
+    return present_execution(reconciled.detail.row, reconciled.detail.tasks, version)
 
 
 @router.get("/{execution_id}/tasks", responses=problem_responses(ExecutionNotFound, InvalidInput))

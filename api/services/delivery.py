@@ -19,7 +19,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities import signing
 from activities.netguard import BlockedDestination, Policy, guarded_request
-from api.db import SessionFactory, utcnow
+from api.db import SessionFactory, serialize_writes, utcnow
 from api.models.webhooks import DeliveryStatus, WebhookDeliveryRow, WebhookRow
 from api.services.webhooks import USER_AGENT, describe_network_error
 from api.settings import Settings
@@ -129,9 +129,15 @@ class Deliverer:
     async def _record(self, delivery_id: int, outcome: _Attempt, input: DeliveryInput) -> None:
         now = utcnow()
         async with self.sessions() as session:
+            await serialize_writes(session)
             delivery = await session.get(WebhookDeliveryRow, delivery_id, with_for_update=True)
             webhook = await session.get(WebhookRow, delivery.webhook_id, with_for_update=True) if delivery else None
             assert delivery is not None and webhook is not None
+            if delivery.status != DeliveryStatus.PENDING:
+                # Settled meanwhile (given up, or delivered by an earlier attempt whose answer was
+                # lost): a late attempt's outcome changes nothing in its log.
+                await session.rollback()
+                return
             delivery.attempts += 1
             delivery.last_attempt_at = now
             delivery.last_status_code = outcome.status_code
@@ -172,6 +178,7 @@ class Deliverer:
     async def give_up(self, delivery_id: str, reason: str) -> None:
         """The retry period ended, or retrying cannot help: the delivery is FAILED for good."""
         async with self.sessions() as session:
+            await serialize_writes(session)
             delivery = await session.get(WebhookDeliveryRow, int(delivery_id), with_for_update=True)
             if delivery is None or delivery.status == DeliveryStatus.DELIVERED:
                 return

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -51,6 +52,7 @@ from api.services.users import Principal, parse_id
 from api.settings import Settings
 from workflows.constants import INTERPRETER_WORKFLOW, SEARCH_ATTRIBUTES, workflow_id
 from workflows.inputs import (
+    PUBLISH_BY_RUNNER,
     EngineOptions,
     InterpreterInput,
     ResumeState,
@@ -58,9 +60,10 @@ from workflows.inputs import (
     SyncPointSpec,
     TaskCarryOver,
     TaskSpec,
+    pack_carry,
     pack_tasks,
 )
-from workflows.interpreter import TaskDecision
+from workflows.records import TaskDecision
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,11 @@ log = logging.getLogger(__name__)
 MAX_INPUT_BYTES = 1_800_000
 #: An input larger than this carries its tasks packed (workflows.inputs.pack_tasks).
 PACK_TASKS_ABOVE_BYTES = 256 * 1024
+#: How long an answer waits for the read model to show what the workflow acknowledged.
+READ_MODEL_WAIT_SECONDS = 10.0
 _UNAVAILABLE = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED}
+#: A start that failed with one of these may still have started the run.
+_START_IN_DOUBT = _UNAVAILABLE | {RPCStatusCode.UNKNOWN}
 _ATTRIBUTE_KEYS = {name: SearchAttributeKey.for_keyword(name) for name in SEARCH_ATTRIBUTES}
 
 
@@ -86,6 +93,15 @@ class Progress:
     estimated_completion: Any
     blockers: list[BlockerRow]
     milestones: list[MilestoneRow]
+
+
+def _start_in_doubt(exc: BaseException) -> bool:
+    """Whether Temporal may have started the run although the start failed: the request may have
+    reached it and only the answer got lost (a timeout, a broken connection, the caller gone)."""
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    cause = exc.__cause__ if isinstance(exc, ServiceUnavailable) else exc
+    return isinstance(cause, RPCError) and cause.status in _START_IN_DOUBT
 
 
 @contextlib.asynccontextmanager
@@ -224,14 +240,27 @@ class ExecutionService:
         row.workflow_id = workflow_id(self.settings.workflow_id_prefix, str(definition.id), str(row.id))
         await self.session.commit()
 
-        payload = self._input(row, definition.document, context)
         try:
+            payload = self._input(row, definition.document, context)
             await self._start_workflow(row, payload, memo={"definitionName": definition.name, "startedBy": user.username})
-        except BaseException:
-            # Never started: nothing of it may stay behind.
-            await self.session.delete(row)
-            await self.session.commit()
-            raise
+        except BaseException as exc:
+            if not _start_in_doubt(exc):
+                # Temporal certainly has no run of it: nothing of it may stay behind.
+                await self.session.delete(row)
+                await self.session.commit()
+                raise
+            # The request may have reached Temporal and only the answer got lost: deleting the row
+            # would orphan a run that goes on. It stays RUNNING: a run that exists publishes into
+            # it, and the reconciler fails it once Temporal has had no run of it for the grace period.
+            log.warning("execution %s: Temporal did not confirm the start (%s); kept for the reconciler", row.id, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise ServiceUnavailable(
+                f"Temporal did not confirm the start of execution {row.id}; it may be running. "
+                "Retry with the same Idempotency-Key to get it (or see it in the list).",
+                headers={"Retry-After": "5"},
+                executionId=str(row.id),
+            ) from exc
         return ExecutionDetail(row, [])
 
     async def cancel(self, user: Principal, execution_id: str) -> ExecutionDetail:
@@ -248,9 +277,11 @@ class ExecutionService:
                     raise
                 raise ExecutionConflict(f"Execution {execution_id} has already finished.") from exc
             with contextlib.suppress(WorkflowFailureError, TimeoutError):
-                # The run closes once every task is marked and the read model has it all.
+                # The run closes once every task is marked; its last events are written as it closes.
                 async with asyncio.timeout(self.settings.cancel_wait_seconds):
                     await handle.result()
+        if row.id is not None:
+            await self._until(row.id, lambda current: ExecutionStatus(current.status).finished)
         log.info("execution %s cancelled by %s", execution_id, user.username)
         return await self._reloaded(execution_id)
 
@@ -311,8 +342,10 @@ class ExecutionService:
                 max_context_bytes=settings.max_context_bytes,
                 inspect_after=settings.inspect_after_seconds,
                 continue_after_events=settings.continue_after_events,
+                continue_after_bytes=settings.continue_after_bytes,
             ),
             resume=resume,
+            publisher=PUBLISH_BY_RUNNER,
         )
         size = self._size(payload)
         if size > PACK_TASKS_ABOVE_BYTES:
@@ -363,20 +396,22 @@ class ExecutionService:
                 INTERPRETER_WORKFLOW,
                 payload,
                 id=row.workflow_id,
-                task_queue=self.settings.system_task_queue,
+                task_queue=self.settings.default_task_queue,
                 # A failed execution may reopen under its id (task retry); a completed or
                 # cancelled one never starts again.
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 search_attributes=attributes,
                 memo={**memo, "executionId": str(row.id), "definitionId": str(row.definition_id), "definitionVersion": row.definition_version},
                 static_summary=f"Execution {row.id} of definition {row.definition_id} v{row.definition_version}",
+                # Past this the start is in doubt (see start()); the reconciler's grace outlasts it.
+                rpc_timeout=timedelta(seconds=self.settings.start_timeout_seconds),
             )
 
     async def _update(self, execution: ExecutionRow, name: str, argument: Any) -> None:
         handle = self.temporal.get_workflow_handle(execution.workflow_id)
         async with temporal_errors(name.replace("_", " ")):
             try:
-                await handle.execute_update(name, argument, rpc_timeout=timedelta(seconds=60))
+                answer = await handle.execute_update(name, argument, rpc_timeout=timedelta(seconds=60))
             except WorkflowUpdateFailedError as exc:
                 cause = exc.cause
                 if isinstance(cause, ApplicationError) and cause.type in ("Conflict", "Closed", "NotFound"):
@@ -386,6 +421,7 @@ class ExecutionService:
                 if exc.status == RPCStatusCode.NOT_FOUND:  # the run closed meanwhile
                     raise ExecutionConflict(f"Execution {execution.id} has finished.") from exc
                 raise
+        await self._until_shown(execution, answer)
 
     async def _reopen(self, execution: ExecutionRow, task: TaskExecutionRow) -> None:
         tasks = (await self.tasks_of([execution.id])).get(execution.id, []) if execution.id is not None else []
@@ -398,19 +434,37 @@ class ExecutionService:
                 )
             )
         ).all()
+        open_blockers = await self.session.exec(
+            select(BlockerRow).where(BlockerRow.execution_id == execution.id, col(BlockerRow.resolved_at).is_(None))
+        )
+        task_ids = {t.id: t.task_definition_id for t in tasks}
+        carried = [
+            TaskCarryOver(t.task_definition_id, t.status, t.attempts, t.start_time, t.end_time, t.error, t.resources)
+            for t in tasks
+        ]
         resume = ResumeState(
-            tasks=[
-                TaskCarryOver(t.task_definition_id, t.status, t.attempts, t.start_time, t.end_time, t.error, t.resources)
-                for t in tasks
+            # Packed: thousands of task states and a large context would not fit one payload.
+            tasks=[],
+            context={},
+            packed=pack_carry(carried, execution.context),
+            # The reopened run knows the blockers still open, so it can resolve them later.
+            blockers=[
+                {
+                    "key": b.key,
+                    "kind": b.kind,
+                    "description": b.description,
+                    "taskId": task_ids.get(b.task_execution_id),
+                    "createdAt": b.created_at.isoformat(),
+                }
+                for b in open_blockers
             ],
-            context=execution.context,
             context_version=execution.context_version,
             last_seq=execution.last_seq,
             started_at=execution.start_time,
             reached_sync_points=[key.removeprefix("sync:") for key in reached],
             retry_task_id=task.task_definition_id,
         )
-        payload = self._input(execution, await self._document(execution), execution.context, resume)
+        payload = self._input(execution, await self._document(execution), {}, resume)
         try:
             await self._start_workflow(execution, payload, memo={"reopenedFor": task.task_definition_id})
         except WorkflowAlreadyStartedError as exc:
@@ -418,7 +472,29 @@ class ExecutionService:
         # Answer once the rerun task is scheduled and the read model shows it.
         handle = self.temporal.get_workflow_handle(execution.workflow_id)
         with contextlib.suppress(WorkflowUpdateFailedError, RPCError):
-            await handle.execute_update("task_state", task.task_definition_id, rpc_timeout=timedelta(seconds=60))
+            answer = await handle.execute_update("task_state", task.task_definition_id, rpc_timeout=timedelta(seconds=60))
+            await self._until_shown(execution, answer)
+
+    async def _until_shown(self, execution: ExecutionRow, answer: Any) -> None:
+        """Wait (briefly) until the read model has what the workflow answered an update with: the
+        events of the activation that ends a run are written just after Temporal has taken its end."""
+        sequence = answer.get("sequence") if isinstance(answer, dict) else None
+        if sequence is None or execution.id is None:
+            return
+        await self._until(execution.id, lambda row: row.last_seq >= sequence)
+
+    async def _until(self, execution_id: int, shown: Any, timeout: float = READ_MODEL_WAIT_SECONDS) -> None:
+        # Its own connection, a fresh snapshot each time (SQLite's WAL keeps a reader's), and the
+        # session's objects left as they are.
+        query = sa.select(ExecutionRow.last_seq, ExecutionRow.status).where(col(ExecutionRow.id) == execution_id)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while True:
+                    async with self.session.bind.connect() as conn:
+                        row = (await conn.execute(query)).first()
+                    if row is None or shown(row):
+                        return
+                    await asyncio.sleep(0.02)
 
     # --- rows ----------------------------------------------------------------------------
 

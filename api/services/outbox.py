@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
+import sqlalchemy as sa
 
 from api.models.base import format_timestamp
-from api.models.executions import BlockerRow, ExecutionEventRow, ExecutionRow, TaskExecutionRow, event_time
-from api.models.webhooks import ALL_EVENTS, WEBHOOK_EVENTS, WebhookDeliveryRow, WebhookRow
+from api.models.executions import BlockerRow, event_time
+from api.models.webhooks import ALL_EVENTS, WEBHOOK_EVENTS, DeliveryStatus, WebhookDeliveryRow, WebhookRow
 from workflows.inputs import Event
 
 _PUBLIC = frozenset(WEBHOOK_EVENTS)
@@ -23,29 +23,43 @@ def new_message_id() -> str:
     return "msg_" + uuid.uuid4().hex
 
 
-async def queue_deliveries(
-    session: AsyncSession,
-    execution: ExecutionRow,
-    written: Sequence[tuple[Event, ExecutionEventRow]],
-    tasks: Mapping[str, TaskExecutionRow],
-    blockers: Mapping[str, BlockerRow],
-) -> int:
-    """Add the deliveries of these events; returns how many."""
-    public = [(event, row) for event, row in written if event.type in _PUBLIC]
-    if not public:
-        return 0
-    webhooks = list(
-        await session.exec(
-            select(WebhookRow.id, WebhookRow.events).where(
-                col(WebhookRow.active).is_(True), col(WebhookRow.deleted_at).is_(None)
-            )
-        )
+@dataclass(frozen=True, slots=True)
+class ExecutionRef:
+    """What a delivery says about its execution."""
+
+    id: int
+    definition_id: int
+    definition_version: str
+
+
+_webhooks = WebhookRow.__table__  # type: ignore[attr-defined]
+_deliveries = WebhookDeliveryRow.__table__  # type: ignore[attr-defined]
+_blockers = BlockerRow.__table__  # type: ignore[attr-defined]
+
+
+def subscribed_webhooks(conn: sa.Connection, events: Sequence[Event]) -> list[tuple[int, list[str]]]:
+    """Active webhooks (id, events they want), if any of these events is one webhooks receive."""
+    if not any(event.type in _PUBLIC for event in events):
+        return []
+    rows = conn.execute(
+        sa.select(_webhooks.c.id, _webhooks.c.events).where(_webhooks.c.active.is_(True), _webhooks.c.deleted_at.is_(None))
     )
-    if not webhooks:
-        return 0
-    await session.flush()  # ids of the event, task and blocker rows
-    count = 0
-    for event, row in public:
+    return [(webhook_id, list(wanted)) for webhook_id, wanted in rows]
+
+
+def queue_deliveries(
+    conn: sa.Connection,
+    execution: ExecutionRef,
+    webhooks: Sequence[tuple[int, list[str]]],
+    written: Sequence[tuple[Event, int]],
+    task_ids: Mapping[str, int],
+    blocker_ids: Mapping[str, int],
+) -> int:
+    """Add the deliveries of these events (each with its event row id); returns how many."""
+    deliveries = []
+    for event, event_id in written:
+        if event.type not in _PUBLIC:
+            continue
         targets = [webhook_id for webhook_id, events in webhooks if ALL_EVENTS in events or event.type in events]
         if not targets:
             continue
@@ -53,30 +67,35 @@ async def queue_deliveries(
             "executionId": str(execution.id),
             "workflowDefinitionId": str(execution.definition_id),
             "sequence": event.seq,
-            **await _snapshot(session, execution, event, tasks, blockers),
+            **_snapshot(conn, execution, event, task_ids, blocker_ids),
         }
         for webhook_id in targets:
             message_id = new_message_id()
-            session.add(
-                WebhookDeliveryRow(
-                    webhook_id=webhook_id,
-                    event_id=row.id,
-                    event_type=event.type,
-                    message_id=message_id,
-                    payload={"id": message_id, "type": event.type, "createdAt": format_timestamp(event.at), "data": data},
-                    created_at=event.at,
-                )
+            deliveries.append(
+                {
+                    "webhook_id": webhook_id,
+                    "event_id": event_id,
+                    "event_type": event.type,
+                    "message_id": message_id,
+                    "payload": {"id": message_id, "type": event.type, "createdAt": format_timestamp(event.at), "data": data},
+                    "status": DeliveryStatus.PENDING.value,
+                    "attempts": 0,
+                    "dispatched": False,
+                    "redeliveries": 0,
+                    "created_at": event.at,
+                }
             )
-            count += 1
-    return count
+    if deliveries:
+        conn.execute(sa.insert(_deliveries), deliveries)
+    return len(deliveries)
 
 
-async def _snapshot(
-    session: AsyncSession,
-    execution: ExecutionRow,
+def _snapshot(
+    conn: sa.Connection,
+    execution: ExecutionRef,
     event: Event,
-    tasks: Mapping[str, TaskExecutionRow],
-    blockers: Mapping[str, BlockerRow],
+    task_ids: Mapping[str, int],
+    blocker_ids: Mapping[str, int],
 ) -> dict[str, Any]:
     """What the event is about, as it was at that moment (the rows may have moved on since)."""
     data = event.data
@@ -94,10 +113,10 @@ async def _snapshot(
             }
         }
     if kind.startswith("task.execution."):
-        row = tasks.get(data["taskId"])
+        task_row_id = task_ids.get(data["taskId"])
         return {
             "task": {
-                "id": str(row.id) if row is not None else None,
+                "id": str(task_row_id) if task_row_id is not None else None,
                 "taskDefinitionId": data["taskId"],
                 "name": data.get("name"),
                 "type": data.get("type"),
@@ -130,13 +149,19 @@ async def _snapshot(
             }
         }
     if kind.startswith("blocker."):
-        blocker = blockers.get(data["key"])
-        blocker_id = blocker.id if blocker is not None else await _blocker_id(session, execution, data["key"])
-        task = tasks.get(data.get("taskId") or "")
+        blocker_id = blocker_ids.get(data["key"])
+        if blocker_id is None:
+            blocker_id = conn.execute(
+                sa.select(_blockers.c.id)
+                .where(_blockers.c.execution_id == execution.id, _blockers.c.key == data["key"])
+                .order_by(_blockers.c.id.desc())
+                .limit(1)
+            ).scalar()
+        task_row_id = task_ids.get(data.get("taskId") or "")
         return {
             "blocker": {
                 "id": str(blocker_id) if blocker_id is not None else None,
-                "taskExecutionId": str(task.id) if task is not None else None,
+                "taskExecutionId": str(task_row_id) if task_row_id is not None else None,
                 "kind": data.get("kind"),
                 "description": data.get("description"),
                 "createdAt": _time(data.get("createdAt")),
@@ -146,16 +171,6 @@ async def _snapshot(
     if kind == "progress.updated":
         return {"progress": {"completedTasks": data["completedTasks"], "totalTasks": data["totalTasks"]}}
     return {}
-
-
-async def _blocker_id(session: AsyncSession, execution: ExecutionRow, key: str) -> int | None:
-    return (
-        await session.exec(
-            select(BlockerRow.id)
-            .where(BlockerRow.execution_id == execution.id, BlockerRow.key == key)
-            .order_by(col(BlockerRow.id).desc())
-        )
-    ).first()
 
 
 def _time(value: Any) -> str | None:

@@ -1,18 +1,27 @@
 """The read model writer: applies an execution's events to its rows, in order, exactly once.
 
-Called by the `wfo.publish_events` local activity with the events of one workflow task. One
-transaction per batch; events at or below the execution's `last_seq` were applied already and
-are skipped, so a retried batch changes nothing.
+The worker's read model runner (activities/publisher.py) calls `write_batch` with the events of
+one workflow activation, on a connection of its own, before the activation's commands leave;
+runs begun before that publish through the `wfo.publish_events` local activity, which calls
+`apply_batch`. One transaction per batch; events at or below the execution's `last_seq` were
+applied already and are skipped, so a retried batch changes nothing.
+
+Written with SQLAlchemy Core, one statement per kind of change (executemany where there are
+several): the ORM's unit of work cost more than the database on the hot path of every hop.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import col, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.db import utcnow
@@ -24,8 +33,9 @@ from api.models.executions import (
     TaskExecutionRow,
     event_time,
 )
+from api.models.webhooks import WebhookRow
 from api.services.events import NOTIFY_CHANNEL
-from api.services.outbox import queue_deliveries
+from api.services.outbox import ExecutionRef, queue_deliveries, subscribed_webhooks
 from workflows.inputs import Event, EventBatch
 
 log = logging.getLogger(__name__)
@@ -36,9 +46,25 @@ _EXECUTION_END = {
     "workflow.execution.cancelled",
 }
 
+_executions = ExecutionRow.__table__  # type: ignore[attr-defined]
+_tasks = TaskExecutionRow.__table__  # type: ignore[attr-defined]
+_events = ExecutionEventRow.__table__  # type: ignore[attr-defined]
+_milestones = MilestoneRow.__table__  # type: ignore[attr-defined]
+_blockers = BlockerRow.__table__  # type: ignore[attr-defined]
+
+_webhooks = WebhookRow.__table__  # type: ignore[attr-defined]
+
+#: Task row columns a batch may change (besides its key columns, name and type).
+_TASK_FIELDS = ("status", "start_time", "end_time", "attempts", "error", "resources", "updated_at", "seq")
+
 
 class UnknownExecution(Exception):
     """A batch for an execution the database does not have."""
+
+
+class SequenceGap(Exception):
+    """A batch that starts past the next sequence number: an earlier batch is still on its way
+    (the last events of a run that continued as new, written as it closed)."""
 
 
 async def lock_execution(session: AsyncSession, execution_id: int) -> ExecutionRow | None:
@@ -51,166 +77,250 @@ async def lock_execution(session: AsyncSession, execution_id: int) -> ExecutionR
 
 
 async def apply_batch(session: AsyncSession, batch: EventBatch) -> int:
-    """Apply the new events of a batch; returns how many were new."""
-    execution_id = int(batch.execution_id)
-    execution = await lock_execution(session, execution_id)
-    if execution is None:
+    """Apply the new events of a batch and commit; returns how many were new."""
+    try:
+        applied = await session.run_sync(lambda sync_session: write_batch(sync_session.connection(), batch))
+    except BaseException:
         await session.rollback()
+        raise
+    if applied:
+        await session.commit()
+    else:
+        await session.rollback()
+    # Rows this session had loaded are stale now (they were changed underneath the ORM).
+    session.expire_all()
+    return applied
+
+
+def write_batch(conn: sa.Connection, batch: EventBatch) -> int:
+    """Apply the new events of a batch inside the caller's transaction; returns how many were new.
+    Raises UnknownExecution when the execution has no row, SequenceGap when the batch does not
+    follow on from the last event applied."""
+    current = _locked(conn, int(batch.execution_id))
+    if current is None:
         raise UnknownExecution(f"execution {batch.execution_id} is not in the database")
-    fresh = [e for e in batch.events if e.seq > execution.last_seq]
+    fresh = [e for e in batch.events if e.seq > current.last_seq]
     if not fresh:
-        await session.rollback()
         return 0
-    writer = _Writer(session, execution, batch)
-    await writer.prefetch_tasks({e.data["taskId"] for e in fresh if e.data.get("taskId")})
-    written: list[tuple[Event, ExecutionEventRow]] = []
+    if fresh[0].seq != current.last_seq + 1:
+        raise SequenceGap(f"execution {batch.execution_id}: events from {fresh[0].seq} arrived before {current.last_seq + 1}")
+    changes = _Changes(ExecutionRef(current.id, current.definition_id, current.definition_version))
     for event in fresh:
-        row = ExecutionEventRow(
-            execution_id=execution_id, seq=event.seq, type=event.type, created_at=event.at, data=_jsonable(event.data)
-        )
-        session.add(row)
-        written.append((event, row))
-        await writer.apply(event)
-    # Webhook deliveries are written with the events they carry: one transaction, none lost.
-    await queue_deliveries(session, execution, written, writer.tasks, writer.blockers)
-    execution.last_seq = fresh[-1].seq
+        changes.apply(event)
+    changes.execution["last_seq"] = fresh[-1].seq
     # The run now writing: a long execution continues as new runs under one workflow id.
-    execution.run_id = batch.run_id or execution.run_id
-    execution.updated_at = utcnow()
-    if session.get_bind().dialect.name == "postgresql":
+    if batch.run_id:
+        changes.execution["run_id"] = batch.run_id
+    changes.execution["updated_at"] = utcnow()
+    changes.write(conn, fresh, webhooks=bool(current.webhooks))
+    if conn.dialect.name == "postgresql":
         # Delivered at commit: watchers on every API replica wake at once (SQLite: they poll).
-        await session.exec(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, batch.execution_id)))
-    await session.commit()
+        conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, batch.execution_id)))
     return len(fresh)
 
 
-class _Writer:
-    def __init__(self, session: AsyncSession, execution: ExecutionRow, batch: EventBatch):
-        self.session = session
-        self.execution = execution
-        self.batch = batch
-        #: The rows of the tasks this batch touches (prefetch_tasks), and those it creates.
-        self.tasks: dict[str, TaskExecutionRow] = {}
-        self.blockers: dict[str, BlockerRow] = {}
+def _locked(conn: sa.Connection, execution_id: int) -> sa.Row[Any] | None:
+    """The execution's key facts, write-locked for this transaction, and whether any webhook is
+    active: one statement."""
+    columns = (
+        _executions.c.id,
+        _executions.c.definition_id,
+        _executions.c.definition_version,
+        _executions.c.last_seq,
+        sa.exists().where(_webhooks.c.active.is_(True), _webhooks.c.deleted_at.is_(None)).label("webhooks"),
+    )
+    if conn.dialect.name == "sqlite":
+        # SQLite has no row locks: a first write takes the database's write lock right away (see
+        # lock_execution), and RETURNING reads in the same statement.
+        statement = (
+            sa.update(_executions)
+            .where(_executions.c.id == execution_id)
+            .values(last_seq=_executions.c.last_seq)
+            .returning(*columns)
+        )
+        return conn.execute(statement).first()
+    statement = sa.select(*columns).where(_executions.c.id == execution_id).with_for_update(of=_executions)
+    return conn.execute(statement).first()
 
-    async def apply(self, event: Event) -> None:
+
+@dataclass
+class _Changes:
+    """What a batch changes, gathered in memory, then written with a few statements."""
+
+    ref: ExecutionRef
+    execution: dict[str, Any] = field(default_factory=dict)
+    #: task id -> the values its row gets (inserted, or updated if it exists).
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: task id -> row id, for the tasks the batch wrote and those its blockers name.
+    task_ids: dict[str, int] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+    milestones_added: list[dict[str, Any]] | None = None
+    milestones_achieved: list[tuple[str, datetime | None]] = field(default_factory=list)
+    #: key -> values of blockers detected in this batch (resolved_at set if also resolved in it).
+    blockers_added: dict[str, dict[str, Any]] = field(default_factory=dict)
+    blockers_resolved: list[tuple[str, datetime | None]] = field(default_factory=list)
+
+    def apply(self, event: Event) -> None:
         data = event.data
         kind = event.type
         if kind == "workflow.execution.started":
-            await self._started(event)
+            self.execution.update(status=data["status"], end_time=None, error=None)
+            if "workflowId" in data:
+                self.execution["workflow_id"] = data["workflowId"]
+            if "totalTasks" in data:
+                self.execution["total_tasks"] = data["totalTasks"]
+            self.milestones_added = [
+                {"key": m["key"], "position": position, "name": m["name"], "description": m.get("description")}
+                for position, m in enumerate(data.get("milestones", []))
+            ]
         elif kind.startswith("task.execution."):
-            await self._task(event)
+            self._task(event)
         elif kind == "milestone.achieved":
-            await self.session.exec(
-                sa.update(MilestoneRow)
-                .where(col(MilestoneRow.execution_id) == self.execution.id, col(MilestoneRow.key) == data["key"])
-                .values(achieved_at=event_time(data["achievedAt"]))
-            )
+            self.milestones_achieved.append((data["key"], event_time(data["achievedAt"])))
         elif kind == "blocker.detected":
-            task_row = await self._task_row(data["taskId"]) if data.get("taskId") else None
-            blocker = BlockerRow(
-                execution_id=self.execution.id,
-                key=data["key"],
-                kind=data["kind"],
-                task_execution_id=task_row.id if task_row else None,
-                description=data["description"],
-                created_at=event_time(data["createdAt"]),
-            )
-            self.session.add(blocker)
-            self.blockers[data["key"]] = blocker
+            self.blockers_added[data["key"]] = {
+                "key": data["key"],
+                "kind": data["kind"],
+                "task": data.get("taskId"),
+                "description": _jsonable(data["description"]),
+                "created_at": event_time(data["createdAt"]),
+                "resolved_at": None,
+            }
         elif kind == "blocker.resolved":
-            await self.session.flush()
-            await self.session.exec(
-                sa.update(BlockerRow)
-                .where(
-                    col(BlockerRow.execution_id) == self.execution.id,
-                    col(BlockerRow.key) == data["key"],
-                    col(BlockerRow.resolved_at).is_(None),
-                )
-                .values(resolved_at=event_time(data["resolvedAt"]))
-            )
+            resolved_at = event_time(data["resolvedAt"])
+            added = self.blockers_added.get(data["key"])
+            if added is not None and added["resolved_at"] is None:
+                added["resolved_at"] = resolved_at
+            else:
+                self.blockers_resolved.append((data["key"], resolved_at))
         elif kind == "progress.updated":
-            self.execution.completed_tasks = data["completedTasks"]
+            self.execution["completed_tasks"] = data["completedTasks"]
         elif kind in _EXECUTION_END:
-            self.execution.status = data["status"]
-            self.execution.end_time = event_time(data.get("endTime"))
-            self.execution.error = data.get("error")
+            self.execution.update(status=data["status"], end_time=event_time(data.get("endTime")), error=_jsonable(data.get("error")))
 
-    async def _started(self, event: Event) -> None:
+    def _task(self, event: Event) -> None:
+        """Task events carry the task's whole state (its snapshot): the last one in the batch wins."""
         data = event.data
-        execution = self.execution
-        execution.status = data["status"]
-        execution.end_time, execution.error = None, None
-        execution.workflow_id = data.get("workflowId", execution.workflow_id)
-        execution.total_tasks = data.get("totalTasks", execution.total_tasks)
-        existing = set(
-            (await self.session.exec(select(MilestoneRow.key).where(MilestoneRow.execution_id == execution.id))).all()
-        )
-        for position, milestone in enumerate(data.get("milestones", [])):
-            if milestone["key"] not in existing:
-                self.session.add(
-                    MilestoneRow(
-                        execution_id=execution.id,
-                        key=milestone["key"],
-                        position=position,
-                        name=milestone["name"],
-                        description=milestone.get("description"),
-                    )
-                )
-
-    async def _task(self, event: Event) -> None:
-        data = event.data
-        row = await self._task_row(data["taskId"])
-        if row is None:
-            row = TaskExecutionRow(
-                execution_id=self.execution.id,
-                task_definition_id=data["taskId"],
-                name=data.get("name", data["taskId"]),
-                type=data.get("type", "noop"),
-                status=data["status"],
-            )
-            self.session.add(row)
-            self.tasks[data["taskId"]] = row
-        row.status = data["status"]
-        row.start_time = event_time(data.get("startTime"))
-        row.end_time = event_time(data.get("endTime"))
-        row.attempts = data.get("attempts", row.attempts)
-        row.error = data.get("error")
-        row.resources = _jsonable(data.get("resources"))
-        row.updated_at = event.at
-        row.seq = event.seq
+        task_id = data["taskId"]
+        self.tasks[task_id] = {
+            "execution_id": self.ref.id,
+            "task_definition_id": task_id,
+            "name": data.get("name", task_id),
+            "type": data.get("type", "noop"),
+            "status": data["status"],
+            "start_time": event_time(data.get("startTime")),
+            "end_time": event_time(data.get("endTime")),
+            "attempts": data.get("attempts", 0),
+            "error": _jsonable(data.get("error")),
+            "resources": _jsonable(data.get("resources")),
+            "updated_at": event.at,
+            "seq": event.seq,
+        }
         if event.type == "task.execution.completed" and "contextKey" in data:
-            # A new dict: SQLAlchemy notices a replaced JSON value, not an in-place change.
-            self.execution.context = {**self.execution.context, data["contextKey"]: data.get("result")}
-            self.execution.context_version = data["contextVersion"]
-            self.execution.context_updated_at = event.at
+            self.context[data["contextKey"]] = _jsonable(data.get("result"))
+            self.execution["context_version"] = data["contextVersion"]
+            self.execution["context_updated_at"] = event.at
 
-    async def prefetch_tasks(self, task_ids: set[str]) -> None:
-        """The rows of every task the batch touches, in one query (not one per task)."""
+    def write(self, conn: sa.Connection, fresh: list[Event], *, webhooks: bool) -> None:
+        ref = self.ref
+        if self.tasks:
+            insert = _dialect_insert(conn)(_tasks)
+            upsert = insert.on_conflict_do_update(
+                index_elements=[_tasks.c.execution_id, _tasks.c.task_definition_id],
+                set_={f: insert.excluded[f] for f in _TASK_FIELDS},
+            ).returning(_tasks.c.id, _tasks.c.task_definition_id, sort_by_parameter_order=True)
+            for task_row_id, task_id in conn.execute(upsert, list(self.tasks.values())):
+                self.task_ids[task_id] = task_row_id
+        named = {b["task"] for b in self.blockers_added.values() if b["task"]}
+        if webhooks:
+            named |= {e.data["taskId"] for e in fresh if e.data.get("taskId")}
+        self._look_up_tasks(conn, named - set(self.task_ids))
+        if self.milestones_added is not None:
+            existing = set(conn.execute(sa.select(_milestones.c.key).where(_milestones.c.execution_id == ref.id)).scalars())
+            missing = [{"execution_id": ref.id, **m} for m in self.milestones_added if m["key"] not in existing]
+            if missing:
+                conn.execute(sa.insert(_milestones), missing)
+        for key, achieved_at in self.milestones_achieved:
+            conn.execute(
+                sa.update(_milestones)
+                .where(_milestones.c.execution_id == ref.id, _milestones.c.key == key)
+                .values(achieved_at=achieved_at)
+            )
+        # Resolutions of blockers detected earlier first: a blocker detected again in this batch
+        # is a new row that they must not touch.
+        for key, resolved_at in self.blockers_resolved:
+            conn.execute(
+                sa.update(_blockers)
+                .where(_blockers.c.execution_id == ref.id, _blockers.c.key == key, _blockers.c.resolved_at.is_(None))
+                .values(resolved_at=resolved_at)
+            )
+        blocker_ids: dict[str, int] = {}
+        if self.blockers_added:
+            values = [
+                {
+                    "execution_id": ref.id,
+                    "task_execution_id": self.task_ids.get(blocker["task"] or ""),
+                    **{k: v for k, v in blocker.items() if k != "task"},
+                }
+                for blocker in self.blockers_added.values()
+            ]
+            inserted = conn.execute(
+                sa.insert(_blockers).returning(_blockers.c.id, _blockers.c.key, sort_by_parameter_order=True), values
+            )
+            blocker_ids = {key: blocker_id for blocker_id, key in inserted}
+        if self.context:
+            # Merged by the database: the context (up to a megabyte) is neither read nor rewritten here.
+            self.execution["context"] = _merged_context(conn, self.context)
+        conn.execute(sa.update(_executions).where(_executions.c.id == ref.id).values(self.execution))
+        event_rows = [
+            {"execution_id": ref.id, "seq": e.seq, "type": e.type, "created_at": e.at, "data": _jsonable(e.data)} for e in fresh
+        ]
+        subscribed = subscribed_webhooks(conn, fresh) if webhooks else []
+        if not subscribed:
+            conn.execute(sa.insert(_events), event_rows)
+            return
+        inserted = conn.execute(sa.insert(_events).returning(_events.c.id, sort_by_parameter_order=True), event_rows)
+        # Webhook deliveries are written with the events they carry: one transaction, none lost.
+        queue_deliveries(conn, ref, subscribed, list(zip(fresh, inserted.scalars(), strict=True)), self.task_ids, blocker_ids)
+
+    def _look_up_tasks(self, conn: sa.Connection, task_ids: set[str]) -> None:
         if not task_ids:
             return
-        rows = await self.session.exec(
-            select(TaskExecutionRow).where(
-                TaskExecutionRow.execution_id == self.execution.id, col(TaskExecutionRow.task_definition_id).in_(task_ids)
+        rows = conn.execute(
+            sa.select(_tasks.c.id, _tasks.c.task_definition_id).where(
+                _tasks.c.execution_id == self.ref.id, _tasks.c.task_definition_id.in_(task_ids)
             )
         )
-        for row in rows:
-            self.tasks[row.task_definition_id] = row
+        for task_row_id, task_id in rows:
+            self.task_ids[task_id] = task_row_id
 
-    async def _task_row(self, task_id: str) -> TaskExecutionRow | None:
-        """The task's row: prefetched, or created by an earlier event of this batch (None: neither)."""
-        row = self.tasks.get(task_id)
-        if row is not None and row.id is None:
-            await self.session.flush()
-        return row
+
+def _dialect_insert(conn: sa.Connection) -> Any:
+    """INSERT with ON CONFLICT for the connection's database (both speak it)."""
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+def _merged_context(conn: sa.Connection, results: dict[str, Any]) -> Any:
+    """The context column with these keys set to these values, as an SQL expression."""
+    if conn.dialect.name == "postgresql":
+        return _executions.c.context.op("||")(sa.cast(sa.literal(json.dumps(results), sa.Text), JSONB))
+    # SQLite: json_set with one '$."<key>"' path per key (task ids hold no quote or backslash),
+    # each value given as JSON text and parsed by json(), so that it goes in as JSON, not a string.
+    arguments: list[Any] = []
+    for key, value in results.items():
+        arguments += [sa.literal(f'$."{key}"'), sa.func.json(sa.literal(json.dumps(value)))]
+    return sa.func.json_set(_executions.c.context, *arguments)
 
 
 def _jsonable(value: Any) -> Any:
-    """Event data with datetimes as ISO text, for the JSON columns."""
+    """Event data with datetimes as ISO text, for the JSON columns; NUL characters, which
+    PostgreSQL cannot store (SQLite can), replaced on both alike."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {_jsonable(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     return value

@@ -1,0 +1,207 @@
+"""The read model runner: the interpreter's events of each activation are written to the read
+model before the activation's commands leave for Temporal (see workflows/publishing.py).
+
+A `WorkflowRunner` wrapping the SDK's sandboxed runner: it runs each activation as usual, then
+writes what the activation emitted (one transaction, in the activation's own thread, with a
+synchronous connection) and only then hands the completion back to the SDK. Replayed activations
+emitted nothing new and write nothing. When the write fails (database down, a lock held too
+long) the activation fails instead: Temporal retries the workflow task, nothing the workflow
+decided in it has happened, and its history gains one failed workflow task at most, however
+long the database is away.
+
+The activation that ends the run (complete, fail, cancel, continue as new) is the exception:
+Temporal refuses such a completion when something new arrived meanwhile (a cancel, an update),
+and the retried workflow task may then decide otherwise. Its events are held, and written only
+once the SDK reports that Temporal took the completion (the run's eviction, with the reason
+"workflow execution ending"); if Temporal refused it, they are dropped, and the retry says
+what happened instead. Should that write fail, it is retried in the background; should the
+worker die first, the reconciler repairs the execution from Temporal's record.
+
+The whole activation must finish inside the SDK's deadlock detection (2 s), so one write may
+take `WRITE_TIMEOUT` seconds at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from temporalio.bridge.proto.workflow_activation import RemoveFromCache, WorkflowActivation
+from temporalio.bridge.proto.workflow_completion import WorkflowActivationCompletion
+from temporalio.converter import StorageDriverStoreContext, StorageDriverWorkflowInfo
+from temporalio.worker import WorkflowInstance, WorkflowInstanceDetails, WorkflowRunner
+from temporalio.workflow import Info
+
+from api.services.readmodel import SequenceGap, write_batch
+from workflows import publishing
+from workflows.inputs import EventBatch
+
+log = logging.getLogger(__name__)
+
+#: Seconds one write may take: well inside the SDK's 2 s deadlock detection of an activation.
+WRITE_TIMEOUT = 1.5
+#: The workflow-task failure type Temporal shows while the read model cannot be written.
+FAILURE_TYPE = "ReadModelUnavailable"
+#: Commands that end a run.
+_CLOSING = frozenset(
+    {"complete_workflow_execution", "fail_workflow_execution", "cancel_workflow_execution", "continue_as_new_workflow_execution"}
+)
+#: How long a batch waits for an earlier one still on its way (inside WRITE_TIMEOUT).
+GAP_PATIENCE = 1.0
+#: How long a held final batch is retried in the background before the reconciler is left to it.
+FINAL_RETRY_SECONDS = 3600.0
+
+
+class BatchWriter:
+    """Writes event batches through a synchronous engine (see api.db.create_writer_engine)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        # SQLite takes one writer at a time: this process's writers queue here rather than
+        # in SQLite's busy handler, which sleeps in steps of up to 100 ms.
+        self.serial = threading.Lock() if engine.dialect.name == "sqlite" else None
+
+    def __call__(self, batch: EventBatch, patience: float = GAP_PATIENCE) -> int:
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                with self.serial or contextlib.nullcontext(), self.engine.begin() as conn:
+                    return write_batch(conn, batch)
+            except SequenceGap:
+                # The previous run's last events (written as it closed) are a moment behind.
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
+
+
+class ReadModelRunner(WorkflowRunner):
+    """Runs workflows with `inner` (the sandbox) and writes their events after every activation."""
+
+    def __init__(
+        self,
+        inner: WorkflowRunner,
+        writer: BatchWriter,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        plain_converter: bool = False,
+    ) -> None:
+        self.inner = inner
+        self.writer = writer
+        self.loop = loop
+        #: The worker's data converter is the default one (no codec, no external storage, no use
+        #: for serialization contexts): the SDK then need not ask the sandbox for a context per
+        #: payload, which compiles and runs code in the sandbox for every ask.
+        self.plain_converter = plain_converter
+        self._retries: set[asyncio.Task[None]] = set()
+
+    def prepare_workflow(self, defn: Any) -> None:
+        self.inner.prepare_workflow(defn)
+
+    def create_instance(self, det: WorkflowInstanceDetails) -> WorkflowInstance:
+        return _PublishingInstance(self.inner.create_instance(det), self, det.info)
+
+    def set_worker_level_failure_exception_types(self, types: Sequence[type[BaseException]]) -> None:
+        self.inner.set_worker_level_failure_exception_types(types)
+
+    def write_final(self, batch: EventBatch) -> None:
+        """A run's last events, Temporal having taken its end: written now, or retried later."""
+        try:
+            self.writer(batch)
+        except Exception as exc:
+            log.warning("execution %s: final events not written (%s); retrying in the background", batch.execution_id, _reason(exc))
+            self.loop.call_soon_threadsafe(self._retry_later, batch)
+
+    def _retry_later(self, batch: EventBatch) -> None:
+        task = self.loop.create_task(self._retry(batch))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _retry(self, batch: EventBatch) -> None:
+        delay, waited = 0.5, 0.0
+        while waited < FINAL_RETRY_SECONDS:
+            await asyncio.sleep(delay)
+            waited += delay
+            try:
+                await asyncio.to_thread(self.writer, batch)
+                log.info("execution %s: final events written after a retry", batch.execution_id)
+                return
+            except Exception as exc:
+                log.warning("execution %s: final events still not written (%s)", batch.execution_id, _reason(exc))
+            delay = min(delay * 2, 30.0)
+        log.error("execution %s: final events given up; the reconciler will repair the execution", batch.execution_id)
+
+
+class _PublishingInstance(WorkflowInstance):
+    def __init__(self, inner: WorkflowInstance, runner: ReadModelRunner, info: Info) -> None:
+        self.inner = inner
+        self.runner = runner
+        self.workflow_id = info.workflow_id
+        # What the SDK's own instance answers for this workflow and its activities (the only
+        # commands the interpreter has that carry payloads).
+        self.store_context = StorageDriverStoreContext(
+            target=StorageDriverWorkflowInfo(id=info.workflow_id, run_id=info.run_id, type=info.workflow_type, namespace=info.namespace)
+        )
+        #: The events of the activation that ended the run, until Temporal has taken that end.
+        self.held: EventBatch | None = None
+
+    def activate(self, act: WorkflowActivation) -> WorkflowActivationCompletion:
+        eviction = next((job.remove_from_cache for job in act.jobs if job.HasField("remove_from_cache")), None)
+        with publishing.collecting() as collected:
+            completion = self.inner.activate(act)
+        if eviction is not None:
+            # Torn down: what its coroutines say on the way out is not news. A held end is news
+            # once Temporal has taken it; refused, the retried workflow task says what happened.
+            held, self.held = self.held, None
+            if held is not None and eviction.reason == RemoveFromCache.EvictionReason.WORKFLOW_EXECUTION_ENDING:
+                self.runner.write_final(held)
+            return completion
+        # A failed activation sends no commands (Temporal retries the task): its events go nowhere
+        # either. A replayed one re-emits what was written when it first ran.
+        if not collected.events or act.is_replaying or completion.WhichOneof("status") != "successful":
+            return completion
+        assert collected.execution_id is not None
+        batch = EventBatch(collected.execution_id, self.workflow_id, act.run_id, collected.events)
+        if any(command.WhichOneof("variant") in _CLOSING for command in completion.successful.commands):
+            self.held = batch
+            return completion
+        try:
+            self.runner.writer(batch)
+        except Exception as exc:  # any failure to write: the workflow task is retried, nothing is lost
+            reason = _reason(exc)
+            log.warning("execution %s: read model not written (%s); Temporal retries the workflow task", batch.execution_id, reason)
+            return _failed(act.run_id, f"the read model could not be written ({reason}); the workflow task is retried")
+        return completion
+
+    def get_serialization_context(self, command_info: Any) -> Any:
+        if self.runner.plain_converter:
+            return None
+        return self.inner.get_serialization_context(command_info)
+
+    def get_external_store_context(self, command_info: Any) -> Any:
+        if self.runner.plain_converter:
+            return self.store_context  # no external storage: never used
+        return self.inner.get_external_store_context(command_info)
+
+    def get_info(self) -> Any:
+        return self.inner.get_info()
+
+    def get_thread_id(self) -> int | None:
+        return self.inner.get_thread_id()
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
+
+
+def _failed(run_id: str, message: str) -> WorkflowActivationCompletion:
+    completion = WorkflowActivationCompletion(run_id=run_id)
+    completion.failed.failure.message = message[:2000]
+    completion.failed.failure.application_failure_info.type = FAILURE_TYPE
+    return completion
