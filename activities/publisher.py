@@ -9,7 +9,7 @@ long) the activation fails instead: Temporal retries the workflow task, nothing 
 decided in it has happened, and its history gains one failed workflow task at most, however
 long the database is away.
 
-The activation that ends the run (complete, fail, cancel, continue as new) is the exception:
+The activation that ends the execution (complete, fail, cancel) is the exception:
 Temporal refuses such a completion when something new arrived meanwhile (a cancel, an update),
 and the retried workflow task may then decide otherwise. Its events are held, and written only
 once the SDK reports that Temporal took the completion (the run's eviction, with the reason
@@ -24,11 +24,11 @@ take `WRITE_TIMEOUT` seconds at most.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,7 +38,7 @@ from temporalio.converter import StorageDriverStoreContext, StorageDriverWorkflo
 from temporalio.worker import WorkflowInstance, WorkflowInstanceDetails, WorkflowRunner
 from temporalio.workflow import Info
 
-from api.services.readmodel import SequenceGap, write_batch
+from api.services.readmodel import SequenceGap, write_batches
 from workflows import publishing
 from workflows.inputs import EventBatch
 
@@ -48,36 +48,81 @@ log = logging.getLogger(__name__)
 WRITE_TIMEOUT = 1.5
 #: The workflow-task failure type Temporal shows while the read model cannot be written.
 FAILURE_TYPE = "ReadModelUnavailable"
-#: Commands that end a run.
-_CLOSING = frozenset(
-    {"complete_workflow_execution", "fail_workflow_execution", "cancel_workflow_execution", "continue_as_new_workflow_execution"}
-)
+#: Commands that end an execution. (A run that continues as new is not held: its successor starts
+#: at once and must find its events written, and it decides the same on a retry.)
+_CLOSING = frozenset({"complete_workflow_execution", "fail_workflow_execution", "cancel_workflow_execution"})
 #: How long a batch waits for an earlier one still on its way (inside WRITE_TIMEOUT).
 GAP_PATIENCE = 1.0
 #: How long a held final batch is retried in the background before the reconciler is left to it.
 FINAL_RETRY_SECONDS = 3600.0
 
 
+@dataclass
+class _Pending:
+    batch: EventBatch
+    done: bool = False
+    applied: int = 0
+    error: Exception | None = None
+
+
 class BatchWriter:
-    """Writes event batches through a synchronous engine (see api.db.create_writer_engine)."""
+    """Writes event batches through a synchronous engine (see api.db.create_writer_engine), with
+    group commit: one writer at a time in the process takes every batch waiting at that moment
+    and writes them in one transaction, one statement per kind of change for all of them. Alone,
+    a batch is written at once; under load, activations finishing together share a commit."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        # SQLite takes one writer at a time: this process's writers queue here rather than
-        # in SQLite's busy handler, which sleeps in steps of up to 100 ms.
-        self.serial = threading.Lock() if engine.dialect.name == "sqlite" else None
+        # One writer at a time (SQLite takes one anyway, and queueing here beats its busy handler,
+        # which sleeps in steps of up to 100 ms); the others' batches wait in the queue.
+        self._writer = threading.Lock()
+        self._queue: list[_Pending] = []
+        self._queue_lock = threading.Lock()
 
     def __call__(self, batch: EventBatch, patience: float = GAP_PATIENCE) -> int:
         deadline = time.monotonic() + patience
         while True:
-            try:
-                with self.serial or contextlib.nullcontext(), self.engine.begin() as conn:
-                    return write_batch(conn, batch)
-            except SequenceGap:
-                # The previous run's last events (written as it closed) are a moment behind.
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.02)
+            pending = self._submit(batch)
+            if pending.error is None:
+                return pending.applied
+            if not isinstance(pending.error, SequenceGap) or time.monotonic() >= deadline:
+                raise pending.error
+            # The previous run's last events (written as it closed) are a moment behind.
+            time.sleep(0.02)
+
+    def _submit(self, batch: EventBatch) -> _Pending:
+        pending = _Pending(batch)
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._writer:
+            if not pending.done:  # not written by the writer before: write all that waits
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                self._write(group)
+        return pending
+
+    def _write(self, group: list[_Pending]) -> None:
+        # Each execution's batches in sequence order (a run continued as new, and its successor).
+        group.sort(key=lambda p: (int(p.batch.execution_id), p.batch.events[0].seq if p.batch.events else 0))
+        try:
+            with self.engine.begin() as conn:
+                applied = write_batches(conn, [p.batch for p in group])
+            for pending, count in zip(group, applied, strict=True):
+                pending.applied = count
+        except Exception as exc:
+            if len(group) == 1:
+                group[0].error = exc
+            else:
+                # One batch spoiled the group: each on its own, so that only its workflow task fails.
+                for pending in group:
+                    try:
+                        with self.engine.begin() as conn:
+                            pending.applied = write_batches(conn, [pending.batch])[0]
+                    except Exception as single:
+                        pending.error = single
+        finally:
+            for pending in group:
+                pending.done = True
 
 
 class ReadModelRunner(WorkflowRunner):

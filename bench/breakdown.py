@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import statistics
@@ -311,7 +312,7 @@ async def run(rounds: int, small: bool, database: str, workdir: Path) -> dict[st
 
     shapes = {name: SHAPES[name] for name in ("chain10", "fanout20")}
     shapes = {name: (tasks, 2 if small else batch) for name, (tasks, batch) in shapes.items()}
-    with postgres_database() if database == "postgresql" else _sqlite(workdir) as database_url:
+    with postgres_database() if database == "postgresql" else contextlib.nullcontext() as database_url:
         async with local_stack(workdir / "stack", database_url) as stack:
             breakdown_worker = stack.processes.add(
                 "breakdown-worker",
@@ -373,17 +374,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time the process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class _sqlite:
-    def __init__(self, workdir: Path) -> None:
-        self.url = f"sqlite+aiosqlite:///{workdir / 'wfo.db'}"
-
-    def __enter__(self) -> str:
-        return self.url
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def report(result: dict[str, Any]) -> None:

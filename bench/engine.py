@@ -1,7 +1,7 @@
 """Engine overhead and scheduling latency: our API + interpreter workflow against hand-written
 Temporal workflows running the same `noop` activity, side by side on one stack.
 
-    python -m bench.engine [--rounds 3] [--small] [--databases sqlite postgresql]
+    python -m bench.engine [--rounds 5] [--small] [--databases sqlite postgresql]
 
 Per database (SQLite and PostgreSQL by default, one after the other): one Temporal dev server,
 the API on that database, one of our worker processes and one hand-written worker process
@@ -14,7 +14,10 @@ batch of executions is started at once and timed until the last one completes:
 
 The sides alternate within each round (a, b, b, a, ...) so that drift in the machine's load
 falls on both; the median over rounds is reported. executions/s = batch / seconds,
-activities/s = batch x tasks / seconds, ratio = ours / hand-written.
+activities/s = batch x tasks / seconds. The ratio (ours / hand-written throughput) is the median
+over rounds of each round's pair (hand-written seconds / our seconds, measured back to back), so
+that a slow moment of the machine weighs on both sides of a pair; the ratio of the median
+throughputs is kept beside it.
 
 Scheduling latency comes from the histories: for each task with dependencies, the time from the
 last dependency's ActivityTaskCompleted to the task's ActivityTaskStarted (and
@@ -195,7 +198,9 @@ async def run_on(rounds: int, small: bool, workdir: Path, database_url: str | No
                     solo.extend(wids)
                 lat = await latencies(stack, solo, tasks)
                 sides[side]["schedulingLatencyMs"]["toStartedOneAtATime"] = summary(lat["toStarted"])
-            sides["ratio"] = round(sides["ours"]["executionsPerSecond"] / sides["handwritten"]["executionsPerSecond"], 3)
+            pairs = [hand / ours for ours, hand in zip(seconds["ours"], seconds["handwritten"], strict=True)]
+            sides["ratio"] = round(statistics.median(pairs), 3)
+            sides["ratioOfMedians"] = round(sides["ours"]["executionsPerSecond"] / sides["handwritten"]["executionsPerSecond"], 3)
             shape_results[name] = {"tasks": len(tasks), "batch": batch, **sides}
         hand.check_alive()
         rss = {**stack.rss()}
@@ -221,7 +226,7 @@ def report_shapes(shapes: dict[str, Any]) -> None:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--small", action="store_true", help="tiny batches (CI keeps the benchmark working)")
     parser.add_argument("--databases", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite", "postgresql"])
     args = parser.parse_args()

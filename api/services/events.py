@@ -76,6 +76,8 @@ class EventFeed:
         self._latest: dict[int, int] = {}
         self._waiters: dict[int, set[asyncio.Future[None]]] = defaultdict(set)
         self._cursor = 0
+        #: Polls were skipped (nobody waited): the cursor and the hints are behind.
+        self._cold = False
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.shared = SharedReads()
@@ -105,6 +107,8 @@ class EventFeed:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[execution_id].add(waiter)
+        if self._cold:
+            self._kick.set()  # the hints are cold: look now rather than at the next tick
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
             # that arrives as it times out, and the cancelled task would then never end.
@@ -140,6 +144,14 @@ class EventFeed:
             self._kick.clear()
 
     async def _poll(self) -> None:
+        if not self._waiters:
+            # Nobody to wake: no query (an API with no subscribers would otherwise read the log
+            # after every event). The hints go cold; the first waiter warms them up.
+            self._cold = True
+            return
+        if self._cold:
+            await self._warm_up()
+            return
         query = (
             sa.select(ExecutionEventRow.id, ExecutionEventRow.execution_id, ExecutionEventRow.seq)
             .where(ExecutionEventRow.id > self._cursor)
@@ -154,6 +166,24 @@ class EventFeed:
         if len(self._latest) > 100_000:
             # Bounded memory: forget executions nobody waits on (the log still has them).
             self._latest = {k: v for k, v in self._latest.items() if k in self._waiters}
+
+    async def _warm_up(self) -> None:
+        """After polls were skipped: jump the cursor to the log's end, and note the latest event
+        of each execution waited on (the events skipped over are theirs too)."""
+        waited = list(self._waiters)
+        async with self.engine.connect() as conn:
+            top = (await conn.execute(sa.select(sa.func.max(ExecutionEventRow.id)))).scalar() or 0
+            latest = (
+                await conn.execute(
+                    sa.select(ExecutionEventRow.execution_id, sa.func.max(ExecutionEventRow.seq))
+                    .where(ExecutionEventRow.execution_id.in_(waited))
+                    .group_by(ExecutionEventRow.execution_id)
+                )
+            ).all()
+        self._cursor = max(self._cursor, top)
+        self._cold = False
+        for execution_id, seq in latest:
+            self._note(execution_id, seq)
 
     async def _listen_forever(self) -> None:
         assert self.listen_url is not None

@@ -12,6 +12,7 @@ several): the ORM's unit of work cost more than the database on the hot path of 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -96,51 +97,148 @@ def write_batch(conn: sa.Connection, batch: EventBatch) -> int:
     """Apply the new events of a batch inside the caller's transaction; returns how many were new.
     Raises UnknownExecution when the execution has no row, SequenceGap when the batch does not
     follow on from the last event applied."""
-    current = _locked(conn, int(batch.execution_id))
-    if current is None:
-        raise UnknownExecution(f"execution {batch.execution_id} is not in the database")
-    fresh = [e for e in batch.events if e.seq > current.last_seq]
-    if not fresh:
-        return 0
-    if fresh[0].seq != current.last_seq + 1:
-        raise SequenceGap(f"execution {batch.execution_id}: events from {fresh[0].seq} arrived before {current.last_seq + 1}")
-    changes = _Changes(ExecutionRef(current.id, current.definition_id, current.definition_version))
-    for event in fresh:
-        changes.apply(event)
-    changes.execution["last_seq"] = fresh[-1].seq
-    # The run now writing: a long execution continues as new runs under one workflow id.
-    if batch.run_id:
-        changes.execution["run_id"] = batch.run_id
-    changes.execution["updated_at"] = utcnow()
-    changes.write(conn, fresh, webhooks=bool(current.webhooks))
-    if conn.dialect.name == "postgresql":
-        # Delivered at commit: watchers on every API replica wake at once (SQLite: they poll).
-        conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, batch.execution_id)))
-    return len(fresh)
+    return write_batches(conn, [batch])[0]
 
 
-def _locked(conn: sa.Connection, execution_id: int) -> sa.Row[Any] | None:
-    """The execution's key facts, write-locked for this transaction, and whether any webhook is
-    active: one statement."""
-    columns = (
-        _executions.c.id,
-        _executions.c.definition_id,
-        _executions.c.definition_version,
-        _executions.c.last_seq,
-        sa.exists().where(_webhooks.c.active.is_(True), _webhooks.c.deleted_at.is_(None)).label("webhooks"),
-    )
-    if conn.dialect.name == "sqlite":
-        # SQLite has no row locks: a first write takes the database's write lock right away (see
-        # lock_execution), and RETURNING reads in the same statement.
-        statement = (
-            sa.update(_executions)
-            .where(_executions.c.id == execution_id)
-            .values(last_seq=_executions.c.last_seq)
-            .returning(*columns)
+def write_batches(conn: sa.Connection, batches: list[EventBatch]) -> list[int]:
+    """Apply several batches (of one or more executions, each execution's in sequence order) in
+    the caller's transaction, with one statement per kind of change for all of them (a group
+    commit); returns how many events of each batch were new. Raises like write_batch for the
+    first batch that cannot be applied (nothing is then written)."""
+    current = _locked(conn, sorted({int(b.execution_id) for b in batches}))
+    applied: list[int] = []
+    changes: dict[int, _Changes] = {}
+    for batch in batches:
+        execution_id = int(batch.execution_id)
+        row = current.get(execution_id)
+        if row is None:
+            raise UnknownExecution(f"execution {batch.execution_id} is not in the database")
+        execution = changes.get(execution_id)
+        last_seq = execution.last_seq if execution is not None else row.last_seq
+        fresh = [e for e in batch.events if e.seq > last_seq]
+        if not fresh:
+            applied.append(0)
+            continue
+        if fresh[0].seq != last_seq + 1:
+            raise SequenceGap(f"execution {batch.execution_id}: events from {fresh[0].seq} arrived before {last_seq + 1}")
+        if execution is None:
+            execution = changes[execution_id] = _Changes(ExecutionRef(row.id, row.definition_id, row.definition_version), row.last_seq)
+        for event in fresh:
+            execution.apply(event)
+        execution.fresh += fresh
+        execution.last_seq = fresh[-1].seq
+        execution.execution["last_seq"] = fresh[-1].seq
+        # The run now writing: a long execution continues as new runs under one workflow id.
+        if batch.run_id:
+            execution.execution["run_id"] = batch.run_id
+        execution.execution["updated_at"] = utcnow()
+        applied.append(len(fresh))
+    if changes:
+        _write(conn, list(changes.values()), webhooks=any(row.webhooks for row in current.values()))
+    return applied
+
+
+def _locked(conn: sa.Connection, execution_ids: list[int]) -> dict[int, sa.Row[Any]]:
+    """The executions' key facts, write-locked for this transaction (in id order, so that two
+    writers never wait on each other in a circle), and whether any webhook is active: one
+    statement."""
+    rows = conn.execute(_statements(conn.dialect.name).locked, {"execution_ids": execution_ids})
+    return {row.id: row for row in rows}
+
+
+class _Statements:
+    """The writer's statements for one database, built once: building a statement costs
+    SQLAlchemy more than running it does."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+        columns = (
+            _executions.c.id,
+            _executions.c.definition_id,
+            _executions.c.definition_version,
+            _executions.c.last_seq,
+            sa.exists().where(_webhooks.c.active.is_(True), _webhooks.c.deleted_at.is_(None)).label("webhooks"),
         )
-        return conn.execute(statement).first()
-    statement = sa.select(*columns).where(_executions.c.id == execution_id).with_for_update(of=_executions)
-    return conn.execute(statement).first()
+        ids = sa.bindparam("execution_ids", expanding=True)
+        if dialect == "sqlite":
+            # SQLite has no row locks: a first write takes the database's write lock right away
+            # (see lock_execution), and RETURNING reads in the same statement.
+            self.locked: Any = (
+                sa.update(_executions).where(_executions.c.id.in_(ids)).values(last_seq=_executions.c.last_seq).returning(*columns)
+            )
+        else:
+            # The notification that wakes the API's watchers is queued here and sent at commit
+            # (dropped on rollback): no round trip of its own.
+            notify = sa.func.pg_notify(NOTIFY_CHANNEL, sa.cast(_executions.c.id, sa.Text)).label("notified")
+            self.locked = (
+                sa.select(*columns, notify).where(_executions.c.id.in_(ids)).order_by(_executions.c.id).with_for_update(of=_executions)
+            )
+        insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_tasks)
+        self.upsert_tasks = insert.on_conflict_do_update(
+            index_elements=[_tasks.c.execution_id, _tasks.c.task_definition_id],
+            set_={f: insert.excluded[f] for f in _TASK_FIELDS},
+        ).returning(_tasks.c.id, _tasks.c.execution_id, _tasks.c.task_definition_id, sort_by_parameter_order=True)
+        #: The execution row; the columns to set come with the parameters.
+        self.update_execution = sa.update(_executions).where(_executions.c.id == sa.bindparam("execution_row_id"))
+        self.insert_events = sa.insert(_events)
+        self.insert_events_returning = sa.insert(_events).returning(_events.c.id, sort_by_parameter_order=True)
+        self._merges: dict[int, Any] = {}
+
+    def update_execution_merging(self, keys: int) -> Any:
+        """The execution row with `keys` results merged into its context by the database (the
+        context, up to a megabyte, is neither read nor rewritten here): parameters `patch`
+        (PostgreSQL: the results as a JSON object), or `path<i>` and `value<i>` (SQLite)."""
+        statement = self._merges.get(keys)
+        if statement is None:
+            context = _executions.c.context
+            if self.dialect == "postgresql":
+                merged = context.op("||")(sa.cast(sa.bindparam("patch", type_=sa.Text), JSONB))
+            else:
+                # json_set with one '$."<key>"' path per key (task ids hold no quote or backslash),
+                # each value JSON text parsed by json(), so that it goes in as JSON, not a string.
+                arguments: list[Any] = []
+                for i in range(keys):
+                    arguments += [sa.bindparam(f"path{i}", type_=sa.Text), sa.func.json(sa.bindparam(f"value{i}", type_=sa.Text))]
+                merged = sa.func.json_set(context, *arguments)
+            statement = self._merges[keys] = self.update_execution.values(context=merged)
+        return statement
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    return _Statements(dialect)
+
+
+def _write(conn: sa.Connection, executions: list[_Changes], *, webhooks: bool) -> None:
+    """Write what the batches change: the task rows, milestones and blockers, the execution rows,
+    the events (and their webhook deliveries), then wake the API's watchers."""
+    statements = _statements(conn.dialect.name)
+    task_rows = [row for execution in executions for row in execution.tasks.values()]
+    if task_rows:
+        by_id = {execution.ref.id: execution for execution in executions}
+        for task_row_id, execution_id, task_id in conn.execute(statements.upsert_tasks, task_rows):
+            by_id[execution_id].task_ids[task_id] = task_row_id
+    # The execution rows: one statement for all those that change the same columns.
+    updates: dict[tuple[int, tuple[str, ...]], tuple[Any, list[dict[str, Any]]]] = {}
+    for execution in executions:
+        statement, values = execution.write_rest(conn, statements, webhooks=webhooks)
+        updates.setdefault((id(statement), tuple(sorted(values))), (statement, []))[1].append(values)
+    for statement, rows in updates.values():
+        conn.execute(statement, rows)
+    event_rows = [
+        {"execution_id": execution.ref.id, "seq": e.seq, "type": e.type, "created_at": e.at, "data": _jsonable(e.data)}
+        for execution in executions
+        for e in execution.fresh
+    ]
+    subscribed = subscribed_webhooks(conn, [e for execution in executions for e in execution.fresh]) if webhooks else []
+    if not subscribed:
+        conn.execute(statements.insert_events, event_rows)
+    else:
+        inserted = iter(conn.execute(statements.insert_events_returning, event_rows).scalars())
+        for execution in executions:
+            written = [(event, next(inserted)) for event in execution.fresh]
+            # Webhook deliveries are written with the events they carry: one transaction, none lost.
+            queue_deliveries(conn, execution.ref, subscribed, written, execution.task_ids, execution.blocker_ids)
 
 
 @dataclass
@@ -148,6 +246,10 @@ class _Changes:
     """What a batch changes, gathered in memory, then written with a few statements."""
 
     ref: ExecutionRef
+    #: The last sequence number applied so far (the row's, then this group's).
+    last_seq: int = 0
+    #: The new events, in order.
+    fresh: list[Event] = field(default_factory=list)
     execution: dict[str, Any] = field(default_factory=dict)
     #: task id -> the values its row gets (inserted, or updated if it exists).
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -159,6 +261,7 @@ class _Changes:
     #: key -> values of blockers detected in this batch (resolved_at set if also resolved in it).
     blockers_added: dict[str, dict[str, Any]] = field(default_factory=dict)
     blockers_resolved: list[tuple[str, datetime | None]] = field(default_factory=list)
+    blocker_ids: dict[str, int] = field(default_factory=dict)
 
     def apply(self, event: Event) -> None:
         data = event.data
@@ -221,19 +324,13 @@ class _Changes:
             self.execution["context_version"] = data["contextVersion"]
             self.execution["context_updated_at"] = event.at
 
-    def write(self, conn: sa.Connection, fresh: list[Event], *, webhooks: bool) -> None:
+    def write_rest(self, conn: sa.Connection, statements: _Statements, *, webhooks: bool) -> tuple[Any, dict[str, Any]]:
+        """Blockers and milestones; returns the statement and values that update the execution
+        row, to be run with those of other executions of the same shape (see _write)."""
         ref = self.ref
-        if self.tasks:
-            insert = _dialect_insert(conn)(_tasks)
-            upsert = insert.on_conflict_do_update(
-                index_elements=[_tasks.c.execution_id, _tasks.c.task_definition_id],
-                set_={f: insert.excluded[f] for f in _TASK_FIELDS},
-            ).returning(_tasks.c.id, _tasks.c.task_definition_id, sort_by_parameter_order=True)
-            for task_row_id, task_id in conn.execute(upsert, list(self.tasks.values())):
-                self.task_ids[task_id] = task_row_id
         named = {b["task"] for b in self.blockers_added.values() if b["task"]}
         if webhooks:
-            named |= {e.data["taskId"] for e in fresh if e.data.get("taskId")}
+            named |= {e.data["taskId"] for e in self.fresh if e.data.get("taskId")}
         self._look_up_tasks(conn, named - set(self.task_ids))
         if self.milestones_added is not None:
             existing = set(conn.execute(sa.select(_milestones.c.key).where(_milestones.c.execution_id == ref.id)).scalars())
@@ -254,7 +351,6 @@ class _Changes:
                 .where(_blockers.c.execution_id == ref.id, _blockers.c.key == key, _blockers.c.resolved_at.is_(None))
                 .values(resolved_at=resolved_at)
             )
-        blocker_ids: dict[str, int] = {}
         if self.blockers_added:
             values = [
                 {
@@ -267,21 +363,16 @@ class _Changes:
             inserted = conn.execute(
                 sa.insert(_blockers).returning(_blockers.c.id, _blockers.c.key, sort_by_parameter_order=True), values
             )
-            blocker_ids = {key: blocker_id for blocker_id, key in inserted}
-        if self.context:
-            # Merged by the database: the context (up to a megabyte) is neither read nor rewritten here.
-            self.execution["context"] = _merged_context(conn, self.context)
-        conn.execute(sa.update(_executions).where(_executions.c.id == ref.id).values(self.execution))
-        event_rows = [
-            {"execution_id": ref.id, "seq": e.seq, "type": e.type, "created_at": e.at, "data": _jsonable(e.data)} for e in fresh
-        ]
-        subscribed = subscribed_webhooks(conn, fresh) if webhooks else []
-        if not subscribed:
-            conn.execute(sa.insert(_events), event_rows)
-            return
-        inserted = conn.execute(sa.insert(_events).returning(_events.c.id, sort_by_parameter_order=True), event_rows)
-        # Webhook deliveries are written with the events they carry: one transaction, none lost.
-        queue_deliveries(conn, ref, subscribed, list(zip(fresh, inserted.scalars(), strict=True)), self.task_ids, blocker_ids)
+            self.blocker_ids = {key: blocker_id for blocker_id, key in inserted}
+        values = {"execution_row_id": ref.id, **self.execution}
+        if not self.context:
+            return statements.update_execution, values
+        if statements.dialect == "postgresql":
+            values["patch"] = json.dumps(self.context)
+        else:
+            for i, (key, value) in enumerate(self.context.items()):
+                values[f"path{i}"], values[f"value{i}"] = f'$."{key}"', json.dumps(value)
+        return statements.update_execution_merging(len(self.context)), values
 
     def _look_up_tasks(self, conn: sa.Connection, task_ids: set[str]) -> None:
         if not task_ids:
@@ -293,23 +384,6 @@ class _Changes:
         )
         for task_row_id, task_id in rows:
             self.task_ids[task_id] = task_row_id
-
-
-def _dialect_insert(conn: sa.Connection) -> Any:
-    """INSERT with ON CONFLICT for the connection's database (both speak it)."""
-    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-
-
-def _merged_context(conn: sa.Connection, results: dict[str, Any]) -> Any:
-    """The context column with these keys set to these values, as an SQL expression."""
-    if conn.dialect.name == "postgresql":
-        return _executions.c.context.op("||")(sa.cast(sa.literal(json.dumps(results), sa.Text), JSONB))
-    # SQLite: json_set with one '$."<key>"' path per key (task ids hold no quote or backslash),
-    # each value given as JSON text and parsed by json(), so that it goes in as JSON, not a string.
-    arguments: list[Any] = []
-    for key, value in results.items():
-        arguments += [sa.literal(f'$."{key}"'), sa.func.json(sa.literal(json.dumps(value)))]
-    return sa.func.json_set(_executions.c.context, *arguments)
 
 
 def _jsonable(value: Any) -> Any:
