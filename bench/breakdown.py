@@ -105,20 +105,23 @@ class BreakdownDag:
         self.changed = False
         self.pending: list[dict[str, Any]] = []
         self.seq = 0
+        self.published = 0
 
     @workflow.run
     async def run(self, dag: BdInput) -> int:
         started: dict[str, asyncio.Task[None]] = {}
         self.through = dag.publish == "through"
         queue = ACTIVITY_QUEUE if dag.split_queue else WORKFLOW_QUEUE
-        publisher = asyncio.create_task(self._publisher()) if dag.publish == "alongside" else None
+        # One local activity at a time publishes whatever is pending, as our interpreter did (one
+        # publish per workflow task); "before": a node starts its activity once its event is out.
+        publisher = asyncio.create_task(self._publisher()) if dag.publish in ("before", "alongside") else None
 
         async def node(n: BdNode) -> None:
             if n.dependencies:
                 await asyncio.gather(*(started[d] for d in n.dependencies))
-            self._emit(n.id, "started")
+            mine = self._emit(n.id, "started")
             if dag.publish == "before":
-                await self._publish()
+                await workflow.wait_condition(lambda: self.published >= mine)
             await workflow.execute_activity(
                 "noop",
                 TaskInput(execution_id=workflow.info().workflow_id, task_id=n.id, task_type="noop", queue=queue),
@@ -144,19 +147,20 @@ class BreakdownDag:
             else:
                 await workflow.wait_condition(lambda: everything.done())
         await everything
-        if dag.publish not in ("none", "through"):
-            await self._publish()
+        if publisher is not None:
+            await workflow.wait_condition(lambda: self.published >= self.seq)
         if publisher is not None:
             publisher.cancel()
         return len(dag.nodes)
 
-    def _emit(self, task_id: str, kind: str) -> None:
+    def _emit(self, task_id: str, kind: str) -> int:
         self.seq += 1
         event = {"seq": self.seq, "task": task_id, "kind": kind}
         if self.through:
             collect(workflow.info().workflow_id, event)
         else:
             self.pending.append(event)
+        return self.seq
 
     async def _publish(self) -> None:
         while self.pending:
@@ -165,6 +169,7 @@ class BreakdownDag:
                 "bd_publish", BdBatch(workflow.info().workflow_id, batch), start_to_close_timeout=timedelta(seconds=10)
             )
             del self.pending[: len(batch)]
+            self.published = batch[-1]["seq"]
 
     async def _publisher(self) -> None:
         while True:

@@ -48,13 +48,13 @@ def draw(path: Path = RESULTS / "summary.png") -> Path:
         labels, ours_lat, hand_lat = [], [], []
         for c in cases:
             for q in ("p50", "p99"):
-                labels.append(f"{c[1]} {c[0][:2]}\n{q}")
+                labels.append(f"{c[1]} {'SQLite' if c[0] == 'sqlite' else 'PG'} {q}")
                 ours_lat.append(_latency(results[c]["ours"])[q])
                 hand_lat.append(_latency(results[c]["handwritten"])[q])
         x = range(len(labels))
         latency.bar([i - 0.2 for i in x], ours_lat, 0.4, label="ours")
         latency.bar([i + 0.2 for i in x], hand_lat, 0.4, label="hand-written")
-        latency.set_xticks(list(x), labels, fontsize=6)
+        latency.set_xticks(list(x), labels, fontsize=7, rotation=60, ha="right")
         latency.set_ylabel("ms")
         latency.set_title("Scheduling latency, one execution at a time (ms)")
         latency.legend()
