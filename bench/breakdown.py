@@ -1,6 +1,6 @@
 """Where our extra time per hop goes: the hand-written DAG with our costs added one at a time.
 
-    python -m bench.breakdown [--rounds 3] [--database sqlite|postgresql] [--small]
+    python -m bench.breakdown [--rounds 3] [--database sqlite|postgresql] [--variants a,b] [--small]
 
 The hand-written workflow of bench/handwritten.py is run in variants, each adding one thing our
 engine does, so that the difference between neighbouring rows is the price of that thing:
@@ -19,7 +19,8 @@ engine does, so that the difference between neighbouring rows is the price of th
 * `same-queue+heartbeat-timeout`: the activity with a heartbeat timeout, as ours have.
 
 Beside them, in the same run, our engine itself (`ours`: POST /api/executions, as bench.engine).
-CPU milliseconds per execution are read from /proc for every process of the stack.
+CPU milliseconds per execution are read from /proc for every process of the stack, for the
+PostgreSQL server's processes (`postgres`) and for the whole machine (`machine`).
 Batches of the chain and fan-out shapes of bench.engine, alternating variants within each round;
 one-at-a-time hop latency from the histories.
 """
@@ -141,7 +142,7 @@ class BreakdownDag:
                 # Our interpreter's loop: wait for a change with a timeout (a timer per wait).
                 try:
                     await workflow.wait_condition(lambda: self.changed or everything.done(), timeout=timedelta(seconds=10))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 self.changed = False
             else:
@@ -227,7 +228,7 @@ class Publisher:
 class WriteThroughRunner(WorkflowRunner):
     """Runs each activation, then writes the events it emitted before handing back its completion."""
 
-    def __init__(self, inner: WorkflowRunner, publisher: "Publisher", loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, inner: WorkflowRunner, publisher: Publisher, loop: asyncio.AbstractEventLoop) -> None:
         self.inner, self.publisher, self.loop = inner, publisher, loop
 
     def prepare_workflow(self, defn: Any) -> None:
@@ -310,7 +311,7 @@ async def run_variant(client: Client, variant: Variant, tasks: list[dict[str, An
     return time.perf_counter() - began, ids
 
 
-async def run(rounds: int, small: bool, database: str, workdir: Path) -> dict[str, Any]:
+async def run(rounds: int, small: bool, database: str, workdir: Path, only: set[str] | None = None) -> dict[str, Any]:
     from bench.engine import SHAPES, latencies, run_ours
     from bench.harness import local_stack, machine, postgres_database, summary
     from tests.processes import settings_env
@@ -330,7 +331,7 @@ async def run(rounds: int, small: bool, database: str, workdir: Path) -> dict[st
                     response = await http.post("/api/workflows", json={"name": name, "tasks": tasks, "synchronizationPoints": []})
                     response.raise_for_status()
                     definitions[name] = str(response.json()["id"])
-            sides = ["ours", *(v.name for v in VARIANTS)]
+            sides = ["ours", *(v.name for v in VARIANTS if not only or v.name in only)]
             by_name = {v.name: v for v in VARIANTS}
 
             async def once(name: str, side: str, batch: int) -> tuple[float, list[str]]:
@@ -352,9 +353,12 @@ async def run(rounds: int, small: bool, database: str, workdir: Path) -> dict[st
                     order = sides if r % 2 == 0 else list(reversed(sides))
                     for side in order:
                         before = {k: cpu_seconds(pid) for k, pid in processes.items()}
+                        before_postgres, before_machine = postgres_cpu_seconds(), machine_cpu_seconds()
                         took, _ = await once(name, side, batch)
                         for k, pid in processes.items():
                             cpu[side][k] += cpu_seconds(pid) - before[k]
+                        cpu[side]["postgres"] = cpu[side].get("postgres", 0.0) + postgres_cpu_seconds() - before_postgres
+                        cpu[side]["machine"] = cpu[side].get("machine", 0.0) + machine_cpu_seconds() - before_machine
                         seconds[side].append(took)
                         print(f"  {name:<9} round {r + 1} {side:<36} {took:7.2f} s", flush=True)
                 shape: dict[str, Any] = {"tasks": len(tasks), "batch": batch}
@@ -381,6 +385,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU time used so far by the PostgreSQL server's processes that are alive now (its backends
+    come and go with connections; the stack's pools keep theirs open during a round)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if "(postgres)" in text:
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time (user, nice, system) the whole machine has used so far."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return (int(fields[0]) + int(fields[1]) + int(fields[2])) / os.sysconf("SC_CLK_TCK")
+
+
 def report(result: dict[str, Any]) -> None:
     for name, shape in result["shapes"].items():
         base = shape["same-queue"]["executionsPerSecond"]
@@ -399,6 +424,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--small", action="store_true")
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--variants", help="comma-separated variant names to run beside ours (default: all)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -408,7 +434,8 @@ async def main() -> None:
     from bench.harness import write_result
 
     with tempfile.TemporaryDirectory(prefix="wfo-bench-breakdown-") as tmp:
-        result = await run(args.rounds, args.small, args.database, Path(tmp))
+        only = set(args.variants.split(",")) if args.variants else None
+        result = await run(args.rounds, args.small, args.database, Path(tmp), only)
     report(result)
     suffix = "_small" if args.small else ""
     print(f"\nwritten: {write_result(f'breakdown_{args.database}{suffix}', result)}")
