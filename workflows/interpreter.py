@@ -14,8 +14,10 @@ Deterministic: time, randomness and I/O only through Temporal's APIs.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -69,7 +71,9 @@ CONTEXT_BY_REFERENCE = frozenset({"noop", "http"})
 UNKNOWN_TYPE_ERROR = "NotFoundError"
 
 #: Publishing (runs without the patch) retries until the database answers; meanwhile the DAG waits.
-PUBLISH_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
+PUBLISH_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+)
 PUBLISH_TIMEOUT = timedelta(seconds=10)
 INSPECT_TIMEOUT = timedelta(seconds=10)
 #: Longest gap between inspections of a long-running task.
@@ -121,6 +125,14 @@ class InterpreterWorkflow:
         self.activities_running = 0
         #: The run has said its last word (finished, or handed over): nothing more is announced.
         self.closing = False
+        #: Passes of the run loop so far: each applies what a workflow task brought.
+        self.passes = 0
+        #: A pass has run live (not replaying): the state holds the whole history. Until then an
+        #: update's validator may judge a state behind it: a worker new to the run can get the last
+        #: workflow tasks of the history in the same activation as the update (the SDK's core merges
+        #: a workflow task without commands into the next one), and the validator runs before the
+        #: workflow applies them. Such an update is judged again after the next pass (`_when_applied`).
+        self.caught_up = False
         #: Synchronization point deadlines count from here: the start, or the reopening of a failed execution.
         self.deadline_base = self.started_at
         #: Task input bytes scheduled in the current activation, and when it began.
@@ -162,7 +174,9 @@ class InterpreterWorkflow:
                 task.attempts = task.attempts_before = carried.attempts
                 task.started_at, task.ended_at = carried.started_at, carried.ended_at
                 task.resources = carried.resources
-                if carried.status == COMPLETED or (carried.status == FAILED and carried.id != resume.retry_task_id):
+                if carried.status == COMPLETED or (
+                    carried.status == FAILED and carried.id != resume.retry_task_id
+                ):
                     task.status, task.error = carried.status, carried.error
                 elif carried.status == WAITING and resume.continued:
                     task.status, task.carried = WAITING, True
@@ -172,10 +186,16 @@ class InterpreterWorkflow:
                     self._node_done(task.spec.id, announce=False)
             for snapshot in resume.blockers:
                 blocker = Blocker(
-                    snapshot["key"], snapshot["kind"], snapshot["description"], snapshot.get("taskId"), _time(snapshot["createdAt"])
+                    snapshot["key"],
+                    snapshot["kind"],
+                    snapshot["description"],
+                    snapshot.get("taskId"),
+                    _time(snapshot["createdAt"]),
                 )
                 self.blockers[blocker.key] = blocker
-        self.ready |= {tid for tid, count in self.unmet.items() if count == 0 and self.tasks[tid].status == PENDING}
+        self.ready |= {
+            tid for tid, count in self.unmet.items() if count == 0 and self.tasks[tid].status == PENDING
+        }
         #: The context's size as compact JSON, kept up to date as results are merged.
         self.context_bytes = _json_size(self.context)
 
@@ -188,7 +208,9 @@ class InterpreterWorkflow:
         if not publishing.available() and not workflow.unsafe.is_replaying():
             # A worker must be built by worker.py to run the interpreter: fail the workflow task
             # (Temporal retries it, on a worker that has the runner) rather than run unseen.
-            raise publishing.NoPublisher("this worker has no read model runner; start workers with wfo-worker")
+            raise publishing.NoPublisher(
+                "this worker has no read model runner; start workers with wfo-worker"
+            )
         # Not cancelled at the end: a timer left pending costs nothing when the run closes.
         self.inspector = asyncio.create_task(self._inspector())
         try:
@@ -235,7 +257,7 @@ class InterpreterWorkflow:
                     await self._continue_as_new()
                 try:
                     await workflow.wait_condition(lambda: self.changed, timeout=self._next_inspection_in())
-                except asyncio.TimeoutError:
+                except builtins.TimeoutError:
                     pass  # time to look at long-running tasks
                 self.changed = False
                 await self._inspect_if_due()
@@ -255,7 +277,11 @@ class InterpreterWorkflow:
         milestones = [
             {"key": "initialization", "name": "Initialization", "description": "Workflow initialization"},
             *(
-                {"key": f"sync:{p.id}", "name": p.name, "description": p.description or f"Synchronization point {p.id}"}
+                {
+                    "key": f"sync:{p.id}",
+                    "name": p.name,
+                    "description": p.description or f"Synchronization point {p.id}",
+                }
                 for p in self.input.sync_points
             ),
             {"key": "completion", "name": "Completion", "description": "All tasks completed"},
@@ -286,7 +312,9 @@ class InterpreterWorkflow:
             # A reopened execution gets its synchronization points' full time again, and what the
             # reconciler said about the run it repaired is history now.
             self.deadline_base = workflow.now()
-            for key in [k for k, b in self.blockers.items() if b.kind == "reconciled" and b.resolved_at is None]:
+            for key in [
+                k for k, b in self.blockers.items() if b.kind == "reconciled" and b.resolved_at is None
+            ]:
                 self._resolve_blocker(key)
         for point in self.input.sync_points:
             if point.timeout is not None and point.id not in self.reached:
@@ -294,6 +322,9 @@ class InterpreterWorkflow:
 
     def _advance(self) -> None:
         """Mark every task whose dependencies are done as started, in definition order."""
+        self.passes += 1
+        if not workflow.unsafe.is_replaying():
+            self.caught_up = True
         if self.failure is not None:
             self.ready = set()
             return  # a missed synchronization point failed the execution: nothing new starts
@@ -319,7 +350,10 @@ class InterpreterWorkflow:
             self.scheduled_at, self.scheduled_bytes = now, 0
         size = self.context_bytes + (_json_size(task.spec.input) if task.spec.input else 0)
         history = workflow.info().get_current_history_size()
-        if self.scheduled_bytes and history + self.scheduled_bytes + size >= self.input.options.continue_after_bytes:
+        if (
+            self.scheduled_bytes
+            and history + self.scheduled_bytes + size >= self.input.options.continue_after_bytes
+        ):
             self.draining = True  # the history would grow too large: the next run goes on
             return False
         if self.scheduled_bytes and self.scheduled_bytes + size > SCHEDULE_BYTES_PER_ACTIVATION:
@@ -381,13 +415,21 @@ class InterpreterWorkflow:
                 size = info.get_current_history_size()
                 floor = length >= HANDOVER_FLOOR_EVENTS or size >= HANDOVER_FLOOR_BYTES
                 suggested = info.is_continue_as_new_suggested() and floor
-                self.draining = length >= options.continue_after_events or size >= options.continue_after_bytes or suggested
+                self.draining = (
+                    length >= options.continue_after_events
+                    or size >= options.continue_after_bytes
+                    or suggested
+                )
             else:
                 # Temporal's suggestion (from its history length and size limits) counts only past a
                 # floor, so a run that starts big still gets work done before it hands over.
                 suggested = info.is_continue_as_new_suggested() and length >= HANDOVER_FLOOR_EVENTS
                 self.draining = length >= options.continue_after_events or suggested
-        return self.draining and not self.starting and all(t.spec.type in (SLEEP, APPROVAL) for t in self.running.values())
+        return (
+            self.draining
+            and not self.starting
+            and all(t.spec.type in (SLEEP, APPROVAL) for t in self.running.values())
+        )
 
     async def _continue_as_new(self) -> None:
         """Hand the execution over to a new run of this workflow id with everything it needs to
@@ -462,7 +504,9 @@ class InterpreterWorkflow:
         else:
             await workflow.wait_condition(workflow.all_handlers_finished)
         if self.status == FAILED:
-            raise ApplicationError(self.failure or "the execution failed", type="ExecutionFailed", non_retryable=True)
+            raise ApplicationError(
+                self.failure or "the execution failed", type="ExecutionFailed", non_retryable=True
+            )
         return InterpreterResult(COMPLETED, self.context_version, completed, len(self.tasks))
 
     def _failure_summary(self) -> str:
@@ -482,7 +526,12 @@ class InterpreterWorkflow:
             self._task_event(task),
         )
         if task.spec.type == APPROVAL:
-            self._open_blocker(f"approval:{task.spec.id}", "approval", f"Task {task.spec.id} waits for approval", task.spec.id)
+            self._open_blocker(
+                f"approval:{task.spec.id}",
+                "approval",
+                f"Task {task.spec.id} waits for approval",
+                task.spec.id,
+            )
         self.starting.append(task)
 
     async def _run_task(self, task: TaskState) -> None:
@@ -534,10 +583,13 @@ class InterpreterWorkflow:
                 maximum_attempts=retry.maximum_attempts,
                 initial_interval=timedelta(seconds=retry.initial_interval),
                 backoff_coefficient=retry.backoff_coefficient,
-                maximum_interval=timedelta(seconds=retry.maximum_interval) if retry.maximum_interval else None,
+                maximum_interval=timedelta(seconds=retry.maximum_interval)
+                if retry.maximum_interval
+                else None,
                 non_retryable_error_types=[*retry.non_retryable_error_types, UNKNOWN_TYPE_ERROR],
             ),
-            summary=f"{spec.id} ({spec.type})" + (f", retry {task.attempts_before}" if task.attempts_before else ""),
+            summary=f"{spec.id} ({spec.type})"
+            + (f", retry {task.attempts_before}" if task.attempts_before else ""),
             # A cancelled task counts as CANCELLED once its worker has stopped it, not before.
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
@@ -558,8 +610,12 @@ class InterpreterWorkflow:
     async def _sleep(self, task: TaskState) -> Any:
         seconds = (task.spec.input or {}).get("seconds")
         if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
-            raise ApplicationError("a sleep task needs input.seconds, a number of seconds >= 0", non_retryable=True)
-        elapsed = (workflow.now() - task.started_at).total_seconds() if task.carried and task.started_at else 0.0
+            raise ApplicationError(
+                "a sleep task needs input.seconds, a number of seconds >= 0", non_retryable=True
+            )
+        elapsed = (
+            (workflow.now() - task.started_at).total_seconds() if task.carried and task.started_at else 0.0
+        )
         await workflow.sleep(max(0.0, seconds - elapsed))
         return {"sleptSeconds": seconds}
 
@@ -598,7 +654,12 @@ class InterpreterWorkflow:
         self._resolve_blocker(f"no-workers:{task.spec.id}")
         self._emit(
             "task.execution.completed",
-            {**self._task_event(task), "result": result, "contextKey": key, "contextVersion": self.context_version},
+            {
+                **self._task_event(task),
+                "result": result,
+                "contextKey": key,
+                "contextVersion": self.context_version,
+            },
         )
         self._node_done(task.spec.id)
         self._emit("progress.updated", {"completedTasks": self.completed, "totalTasks": len(self.tasks)})
@@ -610,7 +671,12 @@ class InterpreterWorkflow:
             task.resources = resources
         self._emit("task.execution.failed", self._task_event(task))
         self._resolve_blocker(f"no-workers:{task.spec.id}")
-        self._open_blocker(f"task-failed:{task.spec.id}", "task_failed", f"Task {task.spec.id} failed: {message}", task.spec.id)
+        self._open_blocker(
+            f"task-failed:{task.spec.id}",
+            "task_failed",
+            f"Task {task.spec.id} failed: {message}",
+            task.spec.id,
+        )
 
     def _cancelled(self, task: TaskState) -> None:
         task.status, task.ended_at = CANCELLED, workflow.now()
@@ -638,14 +704,17 @@ class InterpreterWorkflow:
         if remaining > 0:
             try:
                 await workflow.wait_condition(lambda: point.id in self.reached, timeout=remaining)
-            except asyncio.TimeoutError:
+            except builtins.TimeoutError:
                 pass  # the deadline passed
         if point.id in self.reached or self.status != RUNNING:
             return
         self.missed.add(point.id)
         message = f"synchronization point {point.id} was not reached within {_seconds(point.timeout)}s"
         self.failure = message
-        self._emit("synchronization.point.failed", {"syncPointId": point.id, "name": point.name, "at": workflow.now(), "error": message})
+        self._emit(
+            "synchronization.point.failed",
+            {"syncPointId": point.id, "name": point.name, "at": workflow.now(), "error": message},
+        )
         self._open_blocker(f"sync-missed:{point.id}", "sync_point_missed", message, None)
         await self._cancel_all(message)
         self.changed = True
@@ -655,7 +724,7 @@ class InterpreterWorkflow:
     @workflow.update
     async def retry_task(self, task_id: str) -> dict[str, Any]:
         """Run a failed task again (and then what depends on it); attempts go on counting."""
-        task = self.tasks[task_id]
+        task = await self._when_applied(lambda: self._check_retry(task_id))
         task.status, task.error, task.ended_at = PENDING, None, None
         task.attempts_before = task.attempts
         self.ready.add(task_id)  # its dependencies were done: it ran
@@ -663,21 +732,32 @@ class InterpreterWorkflow:
         self._emit("task.execution.pending", self._task_event(task))
         self.changed = True
         # While draining, the task starts in the next run: answered as PENDING.
-        await workflow.wait_condition(lambda: task.status != PENDING or self.status != RUNNING or self.draining)
+        await workflow.wait_condition(
+            lambda: task.status != PENDING or self.status != RUNNING or self.draining
+        )
         await self._published()
         return self._answer(task)
 
     @retry_task.validator
     def _validate_retry(self, task_id: str) -> None:
         task = self._task_or_reject(task_id)
+        if not self.caught_up and task.status == RUNNING:
+            return  # its failure may be in the history not applied yet: the handler looks again
+        self._check_retry(task_id)
+
+    def _check_retry(self, task_id: str) -> TaskState:
+        task = self._task_or_reject(task_id)
         if task.status != FAILED:
             raise ApplicationError(f"task {task_id} is {task.status}, not FAILED", type="Conflict")
+        return task
 
     @workflow.update
     async def task_state(self, task_id: str) -> dict[str, Any]:
         """A task's state once it is scheduled (or settled) and published: a reopened run answers the retry with it."""
         task = self.tasks[task_id]
-        await workflow.wait_condition(lambda: task.status != PENDING or self.status != RUNNING or self.draining)
+        await workflow.wait_condition(
+            lambda: task.status != PENDING or self.status != RUNNING or self.draining
+        )
         await self._published()
         return self._answer(task)
 
@@ -705,7 +785,7 @@ class InterpreterWorkflow:
         self._validate_decision(decision)
 
     async def _decide(self, decision: TaskDecision, verdict: str, value: Any) -> dict[str, Any]:
-        task = self.tasks[decision.task_id]
+        task = await self._when_applied(lambda: self._check_decision(decision.task_id))
         task.decision = (verdict, value)
         await workflow.wait_condition(lambda: task.status != WAITING)
         await self._published()
@@ -713,8 +793,33 @@ class InterpreterWorkflow:
 
     def _validate_decision(self, decision: TaskDecision) -> None:
         task = self._task_or_reject(decision.task_id)
+        if (
+            not self.caught_up
+            and task.spec.type == APPROVAL
+            and task.status == PENDING
+            and task.decision is None
+        ):
+            return  # may be WAITING in the history not applied yet: the handler looks again
+        self._check_decision(decision.task_id)
+
+    def _check_decision(self, task_id: str) -> TaskState:
+        task = self._task_or_reject(task_id)
         if task.spec.type != APPROVAL or task.status != WAITING or task.decision is not None:
-            raise ApplicationError(f"task {decision.task_id} is not waiting for approval", type="Conflict")
+            raise ApplicationError(f"task {task_id} is not waiting for approval", type="Conflict")
+        return task
+
+    async def _when_applied(self, check: Callable[[], TaskState]) -> TaskState:
+        """`check`'s task: at once, or, for an update the validator let through ahead of the history
+        (see `caught_up`), after the next pass of the run loop, which applies that history.
+
+        The wait adds no command, and an update that passes `check` at once goes on exactly as
+        before: the histories of running executions replay unchanged, so no patch is needed."""
+        try:
+            return check()
+        except ApplicationError:
+            passes = self.passes
+        await workflow.wait_condition(lambda: self.passes > passes or self.status != RUNNING)
+        return check()
 
     def _task_or_reject(self, task_id: str) -> TaskState:
         if self.status != RUNNING:
@@ -760,7 +865,8 @@ class InterpreterWorkflow:
         first = self.input.options.inspect_after
         now = workflow.time()
         self.inspections = {
-            t.spec.id: self.inspections.get(t.spec.id) or Inspection(self._first_look(t, now) + first, first) for t in running
+            t.spec.id: self.inspections.get(t.spec.id) or Inspection(self._first_look(t, now) + first, first)
+            for t in running
         }
         return self.inspections
 
@@ -822,7 +928,12 @@ class InterpreterWorkflow:
                 self._emit("task.execution.started", self._task_event(task))
             key = f"no-workers:{task.spec.id}"
             if not seen.started and seen.queue_has_pollers is False:
-                self._open_blocker(key, "no_workers", f"No worker polls task queue {seen.queue!r} for task {task.spec.id}", task.spec.id)
+                self._open_blocker(
+                    key,
+                    "no_workers",
+                    f"No worker polls task queue {seen.queue!r} for task {task.spec.id}",
+                    task.spec.id,
+                )
             elif seen.started or seen.queue_has_pollers:
                 self._resolve_blocker(key)
         await self._flush()
@@ -841,7 +952,9 @@ class InterpreterWorkflow:
             # Written before this activation's commands and update answers leave the worker.
             self.flushed_seq = self.seq
         elif not workflow.unsafe.is_replaying():
-            raise publishing.NoPublisher("this worker has no read model runner; start workers with wfo-worker")
+            raise publishing.NoPublisher(
+                "this worker has no read model runner; start workers with wfo-worker"
+            )
         else:
             self.flushed_seq = self.seq  # replayed: written when it first ran
 
@@ -872,7 +985,9 @@ class InterpreterWorkflow:
         }
 
     def _milestone(self, key: str, name: str, description: str | None, at: datetime) -> None:
-        self._emit("milestone.achieved", {"key": key, "name": name, "description": description, "achievedAt": at})
+        self._emit(
+            "milestone.achieved", {"key": key, "name": name, "description": description, "achievedAt": at}
+        )
 
     def _open_blocker(self, key: str, kind: str, description: str, task_id: str | None) -> None:
         current = self.blockers.get(key)
@@ -925,8 +1040,11 @@ def _describe_failure(err: ActivityError, spec: TaskSpec) -> tuple[str, dict[str
         if cause.type == UNKNOWN_TYPE_ERROR:
             return f"unknown task type {spec.type!r}: no worker on queue {spec.queue!r} runs it", None
         where = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else None
-        resources = _resources(spec, where["worker"], where.get("queue", spec.queue)) if where and "worker" in where else None
+        resources = (
+            _resources(spec, where["worker"], where.get("queue", spec.queue))
+            if where and "worker" in where
+            else None
+        )
         prefix = f"{cause.type}: " if cause.type and cause.type not in ("Exception",) else ""
         return prefix + cause.message, resources
     return str(cause or err), None
-
