@@ -1,6 +1,6 @@
 # The two commands of a fresh clone (only Python 3.11+ needed):
 #   make run     the local stack: Temporal dev server, API, one worker (Ctrl-C stops it)
-#   make test    the test suite; extra pytest arguments: make test PYTEST_ARGS='-k devstack -x'
+#   make test    static checks, then the tests; extra pytest arguments: make test PYTEST_ARGS='-k devstack -x'
 #
 # VENV=path uses another virtual environment (created when missing); PYTHON=python3.12 picks
 # the interpreter that creates it. Packages are reinstalled only when pyproject.toml changes.
@@ -16,11 +16,12 @@ VENV_PYTHON := $(VENV)/bin/python
 PIP := $(VENV_PYTHON) -m pip --disable-pip-version-check
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test bench clean
+.PHONY: help install run test lint format bench clean
 
 help:
 	@echo "make run      start Temporal dev server + API + worker, print URLs and the admin login"
-	@echo "make test     run the tests (PYTEST_ARGS='...' passes arguments to pytest)"
+	@echo "make test     the static checks (make lint), then the tests (PYTEST_ARGS='...' passes arguments to pytest)"
+	@echo "make lint     ruff check, ruff format --check, mypy; make format fixes what it can"
 	@echo "make bench    run the benchmarks (bench/README.md); BENCH_ARGS='--only engine' runs some"
 	@echo "make install  create $(VENV) and install the project with the dev extra"
 	@echo "make clean    remove $(VENV) and build/test caches (the data dir .data is kept)"
@@ -52,8 +53,19 @@ install: $(VENV)/.installed-dev
 run: $(VENV)/.installed-dev
 	exec $(VENV_PYTHON) -m devstack
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test lint
 	$(VENV_PYTHON) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+# Static checks, first in make test: lint, formatting, and types of workflows/, activities/ and
+# api/services/ (configured in pyproject.toml). `make format` rewrites what the check would refuse.
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: $(VENV)/.installed-bench
 	$(VENV_PYTHON) -m bench $(BENCH_ARGS)

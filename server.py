@@ -43,9 +43,14 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
-        # Behind a proxy, uvicorn's FORWARDED_ALLOW_IPS decides whose X-Forwarded-For to trust.
-        proxy_headers=True,
+        # X-Forwarded-For names the client only when a trusted proxy sent it (WFO_TRUSTED_PROXIES):
+        # believed from anyone, it would let every client pick its address and slip the login
+        # throttle. uvicorn's own default (FORWARDED_ALLOW_IPS, else loopback) is not used.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or [],
         server_header=False,
+        # Only /graphql speaks WebSocket: a bigger frame is refused (1009) before it is buffered whole.
+        ws_max_size=settings.graphql_max_body_bytes,
     )
 
 

@@ -26,13 +26,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
-from temporalio.converter import DataConverter
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.capacity import configure_capacity, configure_worker
 from activities.netguard import configure_network
 from activities.registry import load_modules, task_activities
+from activities.secrets import configure_secrets
+from activities.templating import configure_rendering
+from api.codec import context_free
 from api.db import create_engine, create_writer_engine, migrate, session_factory
 from api.settings import Settings
 from api.temporal import connect
@@ -59,8 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-concurrent-activities", type=int, default=100, metavar="N")
     parser.add_argument("--max-concurrent-workflow-tasks", type=int, default=100, metavar="N")
-    parser.add_argument("--cpu", type=float, help="CPU cores this worker offers to tasks (default: unlimited)")
-    parser.add_argument("--memory", type=float, help="memory in MB this worker offers to tasks (default: unlimited)")
+    parser.add_argument(
+        "--cpu", type=float, help="CPU cores this worker offers to tasks (default: unlimited)"
+    )
+    parser.add_argument(
+        "--memory", type=float, help="memory in MB this worker offers to tasks (default: unlimited)"
+    )
     parser.add_argument("--gpu", type=float, help="GPUs this worker offers to tasks (default: unlimited)")
     parser.add_argument(
         "--load",
@@ -70,7 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Python module that registers task functions or types, repeatable (default: activities.examples)",
     )
     parser.add_argument(
-        "--graceful-shutdown", type=float, default=30.0, metavar="SECONDS", help="time running activities get to finish"
+        "--graceful-shutdown",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="time running activities get to finish",
     )
     parser.add_argument("--identity", help="worker identity shown in Temporal (default: pid@host)")
     args = parser.parse_args(argv)
@@ -120,7 +130,7 @@ class WorkerSet:
                 SandboxedWorkflowRunner(),
                 BatchWriter(self.writer_engine),
                 asyncio.get_running_loop(),
-                plain_converter=client.data_converter is DataConverter.default,
+                plain_converter=context_free(client.data_converter),
             )
         # A system worker runs the interpreter on the default task queue too (new executions run
         # there, so that Temporal hands a task on that queue straight back to this worker inside
@@ -148,7 +158,9 @@ class WorkerSet:
 
                 workflows.append(ReconcilerWorkflow)
                 activities += ReconcileActivities(sessions, client, settings).activities()
-            self.workers.append(Worker(client, task_queue=queue, workflows=workflows, activities=activities, **options))
+            self.workers.append(
+                Worker(client, task_queue=queue, workflows=workflows, activities=activities, **options)
+            )
         if system_role:
             # Webhook deliveries on their own queue: slow receivers never hold up executions.
             self.workers.append(
@@ -186,6 +198,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> None:
     configure_worker(identity)
     configure_capacity(cpu=args.cpu, memory=args.memory, gpu=args.gpu)
     configure_network(allow_private=settings.allow_private_networks)
+    configure_rendering(limit=settings.max_rendered_input_bytes)
+    configure_secrets(directory=settings.secrets_dir)
     if settings.system_task_queue in args.queues:
         await asyncio.to_thread(migrate, settings)
     client = await connect(settings, identity=identity)

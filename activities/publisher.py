@@ -109,7 +109,7 @@ class BatchWriter:
                 applied = write_batches(conn, [p.batch for p in group])
             for pending, count in zip(group, applied, strict=True):
                 pending.applied = count
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             if len(group) == 1:
                 group[0].error = exc
             else:
@@ -118,7 +118,7 @@ class BatchWriter:
                     try:
                         with self.engine.begin() as conn:
                             pending.applied = write_batches(conn, [pending.batch])[0]
-                    except Exception as single:
+                    except Exception as single:  # noqa: BLE001
                         pending.error = single
         finally:
             for pending in group:
@@ -139,9 +139,9 @@ class ReadModelRunner(WorkflowRunner):
         self.inner = inner
         self.writer = writer
         self.loop = loop
-        #: The worker's data converter is the default one (no codec, no external storage, no use
-        #: for serialization contexts): the SDK then need not ask the sandbox for a context per
-        #: payload, which compiles and runs code in the sandbox for every ask.
+        #: The worker's data converter uses no serialization contexts (the default one, with or
+        #: without the encryption codec; no external storage): the SDK then need not ask the sandbox
+        #: for a context per payload, which compiles and runs code in the sandbox for every ask.
         self.plain_converter = plain_converter
         self._retries: set[asyncio.Task[None]] = set()
 
@@ -158,8 +158,12 @@ class ReadModelRunner(WorkflowRunner):
         """A run's last events, Temporal having taken its end: written now, or retried later."""
         try:
             self.writer(batch)
-        except Exception as exc:
-            log.warning("execution %s: final events not written (%s); retrying in the background", batch.execution_id, _reason(exc))
+        except Exception as exc:  # noqa: BLE001
+            log.warning(
+                "execution %s: final events not written (%s); retrying in the background",
+                batch.execution_id,
+                _reason(exc),
+            )
             self.loop.call_soon_threadsafe(self._retry_later, batch)
 
     def _retry_later(self, batch: EventBatch) -> None:
@@ -176,10 +180,15 @@ class ReadModelRunner(WorkflowRunner):
                 await asyncio.to_thread(self.writer, batch)
                 log.info("execution %s: final events written after a retry", batch.execution_id)
                 return
-            except Exception as exc:
-                log.warning("execution %s: final events still not written (%s)", batch.execution_id, _reason(exc))
+            except Exception as exc:  # noqa: BLE001
+                log.warning(
+                    "execution %s: final events still not written (%s)", batch.execution_id, _reason(exc)
+                )
             delay = min(delay * 2, 30.0)
-        log.error("execution %s: final events given up; the reconciler will repair the execution", batch.execution_id)
+        log.error(
+            "execution %s: final events given up; the reconciler will repair the execution",
+            batch.execution_id,
+        )
 
 
 class _PublishingInstance(WorkflowInstance):
@@ -190,20 +199,27 @@ class _PublishingInstance(WorkflowInstance):
         # What the SDK's own instance answers for this workflow and its activities (the only
         # commands the interpreter has that carry payloads).
         self.store_context = StorageDriverStoreContext(
-            target=StorageDriverWorkflowInfo(id=info.workflow_id, run_id=info.run_id, type=info.workflow_type, namespace=info.namespace)
+            target=StorageDriverWorkflowInfo(
+                id=info.workflow_id, run_id=info.run_id, type=info.workflow_type, namespace=info.namespace
+            )
         )
         #: The events of the activation that ended the run, until Temporal has taken that end.
         self.held: EventBatch | None = None
 
     def activate(self, act: WorkflowActivation) -> WorkflowActivationCompletion:
-        eviction = next((job.remove_from_cache for job in act.jobs if job.HasField("remove_from_cache")), None)
+        eviction = next(
+            (job.remove_from_cache for job in act.jobs if job.HasField("remove_from_cache")), None
+        )
         with publishing.collecting() as collected:
             completion = self.inner.activate(act)
         if eviction is not None:
             # Torn down: what its coroutines say on the way out is not news. A held end is news
             # once Temporal has taken it; refused, the retried workflow task says what happened.
             held, self.held = self.held, None
-            if held is not None and eviction.reason == RemoveFromCache.EvictionReason.WORKFLOW_EXECUTION_ENDING:
+            if (
+                held is not None
+                and eviction.reason == RemoveFromCache.EvictionReason.WORKFLOW_EXECUTION_ENDING
+            ):
                 self.runner.write_final(held)
             return completion
         # A failed activation sends no commands (Temporal retries the task): its events go nowhere
@@ -217,10 +233,16 @@ class _PublishingInstance(WorkflowInstance):
             return completion
         try:
             self.runner.writer(batch)
-        except Exception as exc:  # any failure to write: the workflow task is retried, nothing is lost
+        except Exception as exc:  # any failure to write: the workflow task is retried, nothing is lost  # noqa: BLE001
             reason = _reason(exc)
-            log.warning("execution %s: read model not written (%s); Temporal retries the workflow task", batch.execution_id, reason)
-            return _failed(act.run_id, f"the read model could not be written ({reason}); the workflow task is retried")
+            log.warning(
+                "execution %s: read model not written (%s); Temporal retries the workflow task",
+                batch.execution_id,
+                reason,
+            )
+            return _failed(
+                act.run_id, f"the read model could not be written ({reason}); the workflow task is retried"
+            )
         return completion
 
     def get_serialization_context(self, command_info: Any) -> Any:

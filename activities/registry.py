@@ -174,7 +174,7 @@ def task_activity(name: str, handler: TaskHandler) -> TaskActivity:
 async def run_task(handler: TaskHandler, task: TaskInput) -> TaskOutcome:
     """Run one attempt of a task in the current activity: render, reserve, heartbeat, check, report."""
     info = activity.info()
-    where = {"worker": worker_identity(), "attempt": info.attempt, "queue": info.task_queue}
+    where: dict[str, Any] = {"worker": worker_identity(), "attempt": info.attempt, "queue": info.task_queue}
     heartbeat = asyncio.create_task(_heartbeat(info.attempt, _heartbeat_interval(info)))
     token = _current_task.set(task)
     try:
@@ -274,7 +274,7 @@ def check_result_size(result: Any, limit: int) -> int:
 async def unknown_task_type(args: Sequence[RawValue]) -> TaskOutcome:
     """Any task type this worker does not know: fails at once, non-retryably, naming the known ones."""
     info = activity.info()
-    where = {"worker": worker_identity(), "attempt": info.attempt, "queue": info.task_queue}
+    where: dict[str, Any] = {"worker": worker_identity(), "attempt": info.attempt, "queue": info.task_queue}
     known = ", ".join(registry.type_names()) or "none"
     raise ApplicationError(
         f"unknown task type {info.activity_type!r}: the workers on queue {info.task_queue!r} run {known}",

@@ -14,8 +14,12 @@ import binascii
 import hashlib
 import hmac
 import secrets
+import time
 
 SECRET_PREFIX = "whsec_"
+#: How far a receiver lets `webhook-timestamp` stray from its clock (either way) by default:
+#: an older request is a replay, a much newer one a forgery or a broken clock.
+DEFAULT_TOLERANCE_SECONDS = 300.0
 
 
 def generate_secret() -> str:
@@ -45,7 +49,23 @@ def headers(secret: str | None, message_id: str, timestamp: int, body: bytes) ->
     return result
 
 
-def verify(secret: str, message_id: str, timestamp: str, body: bytes, signature_header: str) -> bool:
-    """What a receiver does: any of the space-separated `v1,` signatures matching is enough."""
-    expected = sign(secret, message_id, int(timestamp), body).encode()
+def verify(
+    secret: str,
+    message_id: str,
+    timestamp: str,
+    body: bytes,
+    signature_header: str,
+    *,
+    tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS,
+    now: float | None = None,
+) -> bool:
+    """What a receiver does: the timestamp within `tolerance_seconds` of `now` (default: the
+    clock), and any of the space-separated `v1,` signatures matching. A signature alone would let
+    anyone who captured one request replay it forever."""
+    if not timestamp.isascii() or not timestamp.isdecimal() or len(timestamp) > 12:
+        return False
+    sent = int(timestamp)
+    if abs((time.time() if now is None else now) - sent) >= tolerance_seconds:
+        return False
+    expected = sign(secret, message_id, sent, body).encode()
     return any(hmac.compare_digest(expected, candidate.encode()) for candidate in signature_header.split())

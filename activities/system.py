@@ -114,7 +114,11 @@ class SystemActivities:
             ),
             timeout=INSPECT_RPC_TIMEOUT,
         )
-        return any(info.pollers for version in enhanced.versions_info.values() for info in version.types_info.values())
+        return any(
+            info.pollers
+            for version in enhanced.versions_info.values()
+            for info in version.types_info.values()
+        )
 
     @activity.defn(name=DELIVER_ACTIVITY)
     async def deliver_webhook(self, input: DeliveryInput) -> None:
@@ -123,7 +127,9 @@ class SystemActivities:
             await self.deliverer.attempt(input)
         except DeliveryError as exc:
             delay = timedelta(seconds=exc.retry_after) if exc.retry_after else None
-            raise ApplicationError(exc.message, type=exc.kind, non_retryable=exc.final, next_retry_delay=delay) from None
+            raise ApplicationError(
+                exc.message, type=exc.kind, non_retryable=exc.final, next_retry_delay=delay
+            ) from None
 
     @activity.defn(name=GIVE_UP_ACTIVITY)
     async def give_up_delivery(self, input: DeliveryGiveUp) -> None:

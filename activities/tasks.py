@@ -23,8 +23,17 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.netguard import BlockedDestination, guarded_request, network_policy
-from activities.registry import RESULT_TOO_LARGE, call, registry, task_type
+from activities.netguard import (
+    BlockedDestination,
+    ResponseTooLarge,
+    UnsupportedEncoding,
+    guarded_request,
+    network_policy,
+    read_capped,
+)
+from activities.registry import RESULT_TOO_LARGE, call, current_task, registry, task_type
+from activities.secrets import UsedSecrets
+from activities.templating import render, secret_references
 from workflows.inputs import TaskInput
 
 INVALID_INPUT = "InvalidInput"
@@ -32,6 +41,7 @@ UNKNOWN_FUNCTION = "UnknownFunction"
 HTTP_CLIENT_ERROR = "HttpClientError"
 HTTP_SERVER_ERROR = "HttpServerError"
 HTTP_NETWORK_ERROR = "HttpNetworkError"
+UNSUPPORTED_ENCODING = "UnsupportedContentEncoding"
 
 DEFAULT_HTTP_TIMEOUT = 30.0
 DEFAULT_REDIRECTS = 5
@@ -57,13 +67,50 @@ async def http(task: TaskInput) -> dict[str, Any]:
 
     Input: `url` (http or https), `method` (default GET), `headers` (object), `body` (an object or
     list is sent as JSON, a string as text), `expectStatus` (a status or a list; default any 2xx),
-    `timeoutSeconds` (whole request, default 30), `responseHeaders` (names to keep; default all),
-    `followRedirects` (hops to follow, default 5; 0 or false: a 3xx is the answer). Every hop's
-    address is checked like the first (no private networks unless the worker allows them).
+    `timeoutSeconds` (the whole exchange: connect, headers and body; default 30),
+    `responseHeaders` (names to keep; default all), `followRedirects` (hops to follow, default 5;
+    0 or false: a 3xx is the answer). Every hop's address is checked like the first (no private
+    networks unless the worker allows them); a hop to another origin drops `Authorization`,
+    `Cookie`, `Proxy-Authorization` and every header that carries a secret.
+    `${secret:NAME}` anywhere in the input is resolved on this worker (see activities.secrets);
+    the values never appear in the result or in an error.
     Result: `{"status": int, "headers": {lowercased name: value}, "body": JSON if the response
-    says it is JSON, else text; null when empty}`.
+    says it is JSON, else text; null when empty}`. The body is read up to the task's result
+    limit (decoded bytes: a gzip bomb stops there too).
     """
-    spec = task.input or {}
+    used = UsedSecrets()
+    try:
+        spec, secret_headers = _input_with_secrets(task, used)
+        return used.redact(await _exchange(task, spec, secret_headers, used))
+    except ApplicationError as err:
+        # `from None`: a cause would travel to Temporal with its own message.
+        raise used.redact_error(err) from None
+    except Exception as err:  # noqa: BLE001 - reported as run_task would, without the secrets it may hold
+        raise used.redact_error(
+            ApplicationError(str(err) or type(err).__name__, type=type(err).__name__)
+        ) from None
+
+
+def _input_with_secrets(task: TaskInput, used: UsedSecrets) -> tuple[dict[str, Any], set[str]]:
+    """The input to send (secrets revealed) and the names of the headers that carry a secret."""
+    original = current_task()
+    if not secret_references(original.input):
+        return task.input or {}, set()
+    # Rendered again from the definition's own text, in one pass with the secrets: a context
+    # value that says `${secret:...}` stays text, so data from elsewhere can never name a secret.
+    spec = render(original.input or {}, original.context, secrets=used.reveal)
+    headers = (original.input or {}).get("headers")
+    names = (
+        {str(name) for name, value in headers.items() if secret_references(value)}
+        if isinstance(headers, dict)
+        else set()
+    )
+    return spec, names
+
+
+async def _exchange(
+    task: TaskInput, spec: dict[str, Any], secret_headers: set[str], used: UsedSecrets
+) -> dict[str, Any]:
     method = _method(spec.get("method", "GET"))
     url = _url(spec.get("url"))
     headers = _headers(spec.get("headers"))
@@ -72,9 +119,12 @@ async def http(task: TaskInput) -> dict[str, Any]:
     keep_headers = _header_names(spec.get("responseHeaders"))
     redirects = _redirects(spec.get("followRedirects", DEFAULT_REDIRECTS))
     content, json_body = _body(spec.get("body"), headers)
-    safe_url = redact_url(url)
+    safe_url = used.redact(redact_url(url))
+    limit = task.max_result_bytes
 
     try:
+        # One deadline for everything (httpx's own timeout is per step: a server that sends a
+        # byte a second would never trip it).
         async with asyncio.timeout(timeout):
             async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
                 response = await guarded_request(
@@ -84,17 +134,29 @@ async def http(task: TaskInput) -> dict[str, Any]:
                     policy=network_policy(),
                     max_redirects=redirects,
                     headers=headers,
+                    secret_headers=secret_headers,
                     content=content,
                     json=json_body,
                     stream=True,
                 )
                 try:
-                    raw = await _read_capped(response, task.max_result_bytes, safe_url)
+                    raw = await read_capped(response, limit)
                 finally:
                     await response.aclose()
     except BlockedDestination as err:
         raise ApplicationError(
             f"{method} {safe_url} refused: {err}", type=DESTINATION_REFUSED, non_retryable=True
+        ) from None
+    except ResponseTooLarge:
+        raise ApplicationError(
+            f"the response body of {safe_url} is over {limit} bytes, the limit of a task result",
+            {"limit": limit},
+            type=RESULT_TOO_LARGE,
+            non_retryable=True,
+        ) from None
+    except UnsupportedEncoding as err:
+        raise ApplicationError(
+            f"{method} {safe_url}: {err}", type=UNSUPPORTED_ENCODING, non_retryable=True
         ) from None
     except TimeoutError:
         raise ApplicationError(
@@ -110,7 +172,7 @@ async def http(task: TaskInput) -> dict[str, Any]:
         raise ApplicationError(
             f"{method} {safe_url} cannot be sent: {err}", type=INVALID_INPUT, non_retryable=True
         ) from None
-    except httpx.TransportError as err:
+    except (httpx.TransportError, httpx.DecodingError) as err:
         raise ApplicationError(
             f"{method} {safe_url} failed: {type(err).__name__}: {err or 'no response'}",
             type=HTTP_NETWORK_ERROR,
@@ -234,23 +296,6 @@ def _body(value: Any, headers: dict[str, str]) -> tuple[str | None, Any]:
             headers["Content-Type"] = "text/plain; charset=utf-8"
         return value, None
     return None, value
-
-
-async def _read_capped(response: httpx.Response, limit: int, safe_url: str) -> bytes:
-    """The response body, refusing (ResultTooLarge) one longer than the task's result limit."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise ApplicationError(
-                f"the response body of {safe_url} is over {limit} bytes, the limit of a task result",
-                {"limit": limit},
-                type=RESULT_TOO_LARGE,
-                non_retryable=True,
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _parse_body(response: httpx.Response, raw: bytes) -> Any:

@@ -16,8 +16,16 @@ from pydantic import BaseModel, Field
 from api import problems
 from api.db import create_engine, listen_url, migrate, session_factory
 from api.graphql.schema import graphql_router
-from api.middleware import SUPPORTED_VERSIONS, ApiVersionMiddleware, RequestBodyMiddleware, media_type
+from api.middleware import (
+    SUPPORTED_VERSIONS,
+    ApiVersionMiddleware,
+    RequestBodyMiddleware,
+    SecurityHeadersMiddleware,
+    media_type,
+)
+from api.models.definitions import configure_limits
 from api.rest import auth, executions, health, tasks, users, webhooks, workflows
+from api.services.definitions import system_queues
 from api.services.events import EventFeed
 from api.services.users import UserService
 from api.settings import Settings, get_settings
@@ -51,7 +59,9 @@ class Problem(BaseModel):
     status: int
     detail: str
     instance: str | None = None
-    errors: list[dict[str, str]] | None = Field(None, description="Validation problems, each with pointer or parameter.")
+    errors: list[dict[str, str]] | None = Field(
+        None, description="Validation problems, each with pointer or parameter."
+    )
 
 
 @asynccontextmanager
@@ -70,7 +80,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             log.info("created the first admin user %r", settings.admin_username)
     # Lazy: the API starts, and serves what it can from the database, while Temporal is down.
     app.state.temporal = await connect(settings, lazy=True, identity="wfo-api")
-    app.state.feed = EventFeed(engine, poll_interval=settings.event_poll_seconds, listen_url=listen_url(settings))
+    app.state.feed = EventFeed(
+        engine, poll_interval=settings.event_poll_seconds, listen_url=listen_url(settings)
+    )
     await app.state.feed.start()
     try:
         yield
@@ -88,13 +100,26 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
     problem_ref = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-    for path_item in schema.get("paths", {}).values():
+    for path, path_item in schema.get("paths", {}).items():
         for operation in path_item.values():
             responses = operation.get("responses", {})
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "query" and parameter.get("name") == "limit":
+                    # The cap is a setting: the document says this server's.
+                    parameter.setdefault("schema", {})["maximum"] = app.state.settings.page_max_limit
+            if path.startswith("/api/"):
+                # JSON answers under /api name their version in their media type (ApiVersionMiddleware).
+                for response in responses.values():
+                    content = response.get("content", {})
+                    if "application/json" in content:
+                        body = content.pop("application/json")
+                        content.update({media_type(v): body for v in SUPPORTED_VERSIONS})
             if "422" in responses:
                 responses["422"] = {"description": "Invalid input", "content": problem_ref}
             if any(s.get("bearerAuth") is not None for s in operation.get("security", [])):
-                responses.setdefault("401", {"description": "Missing or invalid bearer token", "content": problem_ref})
+                responses.setdefault(
+                    "401", {"description": "Missing or invalid bearer token", "content": problem_ref}
+                )
     app.openapi_schema = schema
     return schema
 
@@ -108,8 +133,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         swagger_ui_parameters={"persistAuthorization": True},
+        # The consoles only in dev mode unless asked for (WFO_API_DOCS). /openapi.json stays: it is
+        # the published contract clients generate code from, and says nothing the API reference does not.
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
     )
     app.state.settings = settings
+    # Checked while a body is validated, before any dependency runs (oversized definitions cost nothing more).
+    configure_limits(max_tasks=settings.max_tasks, reserved_queues=system_queues(settings))
 
     api = APIRouter(prefix="/api")
     for module in (auth, users, workflows, executions, tasks, webhooks):
@@ -123,7 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Outermost last: the body check runs first, then the version negotiation.
     app.add_middleware(ApiVersionMiddleware)
-    app.add_middleware(RequestBodyMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestBodyMiddleware, settings=settings)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -131,4 +162,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["*"],
             allow_headers=["Authorization", "Content-Type", "Accept", "Idempotency-Key"],
         )
+    # Outermost: every answer carries the headers, refusals of the middleware above included.
+    app.add_middleware(SecurityHeadersMiddleware)
     return app

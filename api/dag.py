@@ -46,7 +46,10 @@ def check_graph(tasks: Sequence[Node], sync_points: Sequence[Node]) -> list[Prob
             nodes[node.id] = node
             continue
         problems.append(
-            ((node.kind, node.index, "id"), f"duplicate id {node.id!r}: {first.kind}[{first.index}] has it already")
+            (
+                (node.kind, node.index, "id"),
+                f"duplicate id {node.id!r}: {first.kind}[{first.index}] has it already",
+            )
         )
 
     for node in (*tasks, *sync_points):
@@ -59,7 +62,9 @@ def check_graph(tasks: Sequence[Node], sync_points: Sequence[Node]) -> list[Prob
             seen.add(target)
             other = nodes.get(target)
             if node.kind == "tasks" and other is None:
-                problems.append((where, f"unknown dependency {target!r}: no task or synchronization point has this id"))
+                problems.append(
+                    (where, f"unknown dependency {target!r}: no task or synchronization point has this id")
+                )
             elif node.kind == "synchronizationPoints" and (other is None or other.kind != "tasks"):
                 what = "a synchronization point, not a task" if other else "no task has this id"
                 problems.append((where, f"unknown required task {target!r}: {what}"))

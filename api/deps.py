@@ -65,7 +65,9 @@ def get_definition_service(session: SessionDep, settings: SettingsDep) -> Defini
 DefinitionServiceDep = Annotated[DefinitionService, Depends(get_definition_service)]
 
 
-def get_execution_service(session: SessionDep, settings: SettingsDep, temporal: TemporalDep) -> ExecutionService:
+def get_execution_service(
+    session: SessionDep, settings: SettingsDep, temporal: TemporalDep
+) -> ExecutionService:
     return ExecutionService(session, settings, temporal)
 
 
@@ -121,7 +123,9 @@ Admin = Annotated[Principal, _requires(Role.ADMIN)]
 
 def get_pagination(
     settings: SettingsDep,
-    limit: Annotated[int, Query(description="Items per page (default 10).", json_schema_extra={"minimum": 1})] = 10,
+    limit: Annotated[
+        int, Query(description="Items per page (default 10).", json_schema_extra={"minimum": 1})
+    ] = 10,
     offset: Annotated[
         int, Query(description="Items to skip.", json_schema_extra={"minimum": 0, "maximum": MAX_OFFSET})
     ] = 0,

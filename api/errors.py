@@ -16,7 +16,9 @@ class AppError(Exception):
     slug: ClassVar[str] = "internal"
     headers: dict[str, str]
 
-    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None, **extensions: Any):
+    def __init__(
+        self, detail: str | None = None, *, headers: dict[str, str] | None = None, **extensions: Any
+    ):
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         self.extensions = extensions
@@ -159,7 +161,9 @@ class TooManyRequests(AppError):
     slug = "too-many-requests"
 
     def __init__(self, detail: str, retry_after: int):
-        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))}, retryAfter=max(1, retry_after))
+        super().__init__(
+            detail, headers={"Retry-After": str(max(1, retry_after))}, retryAfter=max(1, retry_after)
+        )
 
 
 class ServiceUnavailable(AppError):

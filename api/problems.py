@@ -85,7 +85,9 @@ def validation_problem(errs: Sequence[dict[str, Any]]) -> errors.InvalidInput:
     unique = list({(d.get("pointer"), d.get("parameter"), d["detail"]): d for d in described}.values())
     if len(unique) == 1 and unique[0].get("pointer") == "#":
         return errors.InvalidInput(unique[0]["detail"], unique)
-    count = len(unique)
+    # A model that lists only the first problems says how many it left out (`omitted`).
+    omitted = sum(int((e.get("ctx") or {}).get("omitted", 0)) for e in errs)
+    count = len(unique) - (1 if omitted else 0) + omitted
     return errors.InvalidInput(f"The request has {count} problem{'s' if count != 1 else ''}.", unique)
 
 
@@ -132,8 +134,12 @@ async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("database error on %s %s: %s", request.method, _instance(request), type(exc).__name__, exc_info=exc)
-    problem = errors.ServiceUnavailable("The database is unavailable; try again shortly.", headers={"Retry-After": "5"})
+    log.error(
+        "database error on %s %s: %s", request.method, _instance(request), type(exc).__name__, exc_info=exc
+    )
+    problem = errors.ServiceUnavailable(
+        "The database is unavailable; try again shortly.", headers={"Retry-After": "5"}
+    )
     return problem_response(problem, _instance(request))
 
 

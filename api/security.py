@@ -31,6 +31,7 @@ class TokenClaims:
     username: str
     roles: tuple[str, ...]
     token_version: int
+    expires_at: datetime | None = None
 
 
 def hash_password(password: str) -> str:
@@ -49,7 +50,9 @@ def needs_rehash(password_hash: str) -> bool:
     return _hasher.check_needs_rehash(password_hash)
 
 
-def issue_token(settings: Settings, *, user_id: int, username: str, role: str, token_version: int) -> tuple[str, int]:
+def issue_token(
+    settings: Settings, *, user_id: int, username: str, role: str, token_version: int
+) -> tuple[str, int]:
     """A signed access token and its lifetime in seconds."""
     now = datetime.now(UTC)
     ttl = settings.jwt_ttl_seconds
@@ -90,6 +93,13 @@ def decode_token(settings: Settings, token: str) -> TokenClaims:
             username=str(claims.get("name", "")),
             roles=tuple(roles),
             token_version=version,
+            expires_at=datetime.fromtimestamp(claims["exp"], UTC),
         )
-    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+    except (
+        jwt.PyJWTError,
+        ValueError,
+        TypeError,
+        OverflowError,
+        OSError,
+    ) as exc:  # the last two: an absurd exp
         raise InvalidToken(str(exc)) from exc

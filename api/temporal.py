@@ -5,6 +5,7 @@ from __future__ import annotations
 from temporalio.client import Client
 from temporalio.service import TLSConfig
 
+from api.codec import data_converter
 from api.settings import Settings
 
 
@@ -18,7 +19,10 @@ def _tls(settings: Settings) -> bool | TLSConfig:
 
 
 async def connect(settings: Settings, *, lazy: bool = False, identity: str | None = None) -> Client:
-    """A Temporal client. `lazy` defers the connection to the first call (the API starts without Temporal)."""
+    """A Temporal client. `lazy` defers the connection to the first call (the API starts without Temporal).
+
+    Its data converter (payload encryption when keys are set) is the one of every client and worker
+    of ours: workers built on this client inherit it."""
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
     kwargs = {"identity": identity} if identity else {}
     return await Client.connect(
@@ -27,5 +31,6 @@ async def connect(settings: Settings, *, lazy: bool = False, identity: str | Non
         tls=_tls(settings),
         api_key=api_key,
         lazy=lazy,
+        data_converter=data_converter(settings.payload_codec_keys()),
         **kwargs,
     )

@@ -26,14 +26,24 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "api_load": ([], ["--small"]),
     "subscription_latency": (
         [],
-        ["--events", "20", "--subscribers", "1", "5", "--output", str(RESULTS / "subscription_latency_small.json")],
+        [
+            "--events",
+            "20",
+            "--subscribers",
+            "1",
+            "5",
+            "--output",
+            str(RESULTS / "subscription_latency_small.json"),
+        ],
     ),
     "profile": ([], ["--small"]),
 }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--small", action="store_true", help="tiny sizes, results in *_small.json (CI)")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these")
     args = parser.parse_args()

@@ -125,7 +125,9 @@ class BreakdownDag:
                 await workflow.wait_condition(lambda: self.published >= mine)
             await workflow.execute_activity(
                 "noop",
-                TaskInput(execution_id=workflow.info().workflow_id, task_id=n.id, task_type="noop", queue=queue),
+                TaskInput(
+                    execution_id=workflow.info().workflow_id, task_id=n.id, task_type="noop", queue=queue
+                ),
                 task_queue=queue,
                 activity_id=n.id,
                 start_to_close_timeout=timedelta(minutes=5),
@@ -141,7 +143,9 @@ class BreakdownDag:
             if dag.timer:
                 # Our interpreter's loop: wait for a change with a timeout (a timer per wait).
                 try:
-                    await workflow.wait_condition(lambda: self.changed or everything.done(), timeout=timedelta(seconds=10))
+                    await workflow.wait_condition(
+                        lambda: self.changed or everything.done(), timeout=timedelta(seconds=10)
+                    )
                 except TimeoutError:
                     pass
                 self.changed = False
@@ -167,7 +171,9 @@ class BreakdownDag:
         while self.pending:
             batch = list(self.pending)
             await workflow.execute_local_activity(
-                "bd_publish", BdBatch(workflow.info().workflow_id, batch), start_to_close_timeout=timedelta(seconds=10)
+                "bd_publish",
+                BdBatch(workflow.info().workflow_id, batch),
+                start_to_close_timeout=timedelta(seconds=10),
             )
             del self.pending[: len(batch)]
             self.published = batch[-1]["seq"]
@@ -200,7 +206,10 @@ class Publisher:
             sa.Column("data", sa.JSON),
         )
         self.summary = sa.Table(
-            "bd_summary", self.meta, sa.Column("key", sa.String(100), primary_key=True), sa.Column("last_seq", sa.Integer)
+            "bd_summary",
+            self.meta,
+            sa.Column("key", sa.String(100), primary_key=True),
+            sa.Column("last_seq", sa.Integer),
         )
 
     async def create(self) -> None:
@@ -211,16 +220,22 @@ class Publisher:
     async def publish(self, batch: BdBatch) -> int:
         sa = self.sa
         async with self.engine.begin() as conn:
-            row = (await conn.execute(sa.select(self.summary.c.last_seq).where(self.summary.c.key == batch.key))).first()
+            row = (
+                await conn.execute(sa.select(self.summary.c.last_seq).where(self.summary.c.key == batch.key))
+            ).first()
             last = row[0] if row else 0
             fresh = [r for r in batch.rows if r["seq"] > last]
             if fresh:
-                await conn.execute(self.events.insert(), [{"key": batch.key, "seq": r["seq"], "data": r} for r in fresh])
+                await conn.execute(
+                    self.events.insert(), [{"key": batch.key, "seq": r["seq"], "data": r} for r in fresh]
+                )
                 if row is None:
                     await conn.execute(self.summary.insert().values(key=batch.key, last_seq=fresh[-1]["seq"]))
                 else:
                     await conn.execute(
-                        self.summary.update().where(self.summary.c.key == batch.key).values(last_seq=fresh[-1]["seq"])
+                        self.summary.update()
+                        .where(self.summary.c.key == batch.key)
+                        .values(last_seq=fresh[-1]["seq"])
                     )
         return len(batch.rows)
 
@@ -248,7 +263,9 @@ class _WriteThrough(WorkflowInstance):
         events, collected.events = collected.events, {}
         if events and not act.is_replaying:
             for key, rows in events.items():
-                asyncio.run_coroutine_threadsafe(self.runner.publisher.publish(BdBatch(key, rows)), self.runner.loop).result(1.5)
+                asyncio.run_coroutine_threadsafe(
+                    self.runner.publisher.publish(BdBatch(key, rows)), self.runner.loop
+                ).result(1.5)
         return completion
 
     def get_serialization_context(self, command_info: Any) -> Any:
@@ -266,14 +283,22 @@ class _WriteThrough(WorkflowInstance):
 
 async def serve(address: str) -> None:
     """The breakdown's worker process: the workflow queue (workflow + activities) and the activity queue."""
-    client = await Client.connect(address)
+    from api.codec import data_converter
+    from api.settings import get_settings
+
+    # The stack's payload encryption, if any (the harness passes its settings in the environment).
+    client = await Client.connect(address, data_converter=data_converter(get_settings().payload_codec_keys()))
     publisher = Publisher()
     await publisher.create()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    common: dict[str, Any] = {"max_concurrent_activities": 100, "max_concurrent_workflow_tasks": 100, "identity": "bench-breakdown"}
+    common: dict[str, Any] = {
+        "max_concurrent_activities": 100,
+        "max_concurrent_workflow_tasks": 100,
+        "identity": "bench-breakdown",
+    }
     workers = [
         Worker(
             client,
@@ -281,7 +306,9 @@ async def serve(address: str) -> None:
             workflows=[BreakdownDag],
             activities=[*task_activities(), publisher.publish],
             workflow_runner=WriteThroughRunner(
-                SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules("bench.bd_collector")),
+                SandboxedWorkflowRunner(
+                    restrictions=SandboxRestrictions.default.with_passthrough_modules("bench.bd_collector")
+                ),
                 publisher,
                 asyncio.get_running_loop(),
             ),
@@ -296,7 +323,9 @@ async def serve(address: str) -> None:
     await publisher.engine.dispose()
 
 
-async def run_variant(client: Client, variant: Variant, tasks: list[dict[str, Any]], batch: int) -> tuple[float, list[str]]:
+async def run_variant(
+    client: Client, variant: Variant, tasks: list[dict[str, Any]], batch: int
+) -> tuple[float, list[str]]:
     dag = BdInput(
         nodes=[BdNode(t["id"], t.get("dependencies", [])) for t in tasks],
         split_queue=variant.split_queue,
@@ -306,12 +335,16 @@ async def run_variant(client: Client, variant: Variant, tasks: list[dict[str, An
     )
     ids = [f"bd-{uuid.uuid4().hex[:12]}" for _ in range(batch)]
     began = time.perf_counter()
-    handles = await asyncio.gather(*(client.start_workflow(BreakdownDag.run, dag, id=w, task_queue=WORKFLOW_QUEUE) for w in ids))
+    handles = await asyncio.gather(
+        *(client.start_workflow(BreakdownDag.run, dag, id=w, task_queue=WORKFLOW_QUEUE) for w in ids)
+    )
     await asyncio.gather(*(h.result() for h in handles))
     return time.perf_counter() - began, ids
 
 
-async def run(rounds: int, small: bool, database: str, workdir: Path, only: set[str] | None = None) -> dict[str, Any]:
+async def run(
+    rounds: int, small: bool, database: str, workdir: Path, only: set[str] | None = None
+) -> dict[str, Any]:
     from bench.engine import SHAPES, latencies, run_ours
     from bench.harness import local_stack, machine, postgres_database, summary
     from tests.processes import settings_env
@@ -322,13 +355,22 @@ async def run(rounds: int, small: bool, database: str, workdir: Path, only: set[
         async with local_stack(workdir / "stack", database_url) as stack:
             breakdown_worker = stack.processes.add(
                 "breakdown-worker",
-                [sys.executable, "-m", "bench.breakdown", "--serve", "--address", stack.settings.temporal_address],
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.breakdown",
+                    "--serve",
+                    "--address",
+                    stack.settings.temporal_address,
+                ],
                 settings_env(stack.settings),
             ).start()
             definitions: dict[str, str] = {}
             async with stack.http() as http:
                 for name, (tasks, _) in shapes.items():
-                    response = await http.post("/api/workflows", json={"name": name, "tasks": tasks, "synchronizationPoints": []})
+                    response = await http.post(
+                        "/api/workflows", json={"name": name, "tasks": tasks, "synchronizationPoints": []}
+                    )
                     response.raise_for_status()
                     definitions[name] = str(response.json()["id"])
             sides = ["ours", *(v.name for v in VARIANTS if not only or v.name in only)]
@@ -340,7 +382,12 @@ async def run(rounds: int, small: bool, database: str, workdir: Path, only: set[
                     return await run_ours(stack, definitions[name], batch)
                 return await run_variant(stack.client, by_name[side], tasks, batch)
 
-            processes = {"temporal": stack.temporal.pid, "api": stack.api.pid, "worker": stack.workers[0].pid, "breakdown-worker": breakdown_worker.pid}
+            processes = {
+                "temporal": stack.temporal.pid,
+                "api": stack.api.pid,
+                "worker": stack.workers[0].pid,
+                "breakdown-worker": breakdown_worker.pid,
+            }
 
             for name in shapes:  # warm-up
                 for side in sides:
@@ -357,8 +404,12 @@ async def run(rounds: int, small: bool, database: str, workdir: Path, only: set[
                         took, _ = await once(name, side, batch)
                         for k, pid in processes.items():
                             cpu[side][k] += cpu_seconds(pid) - before[k]
-                        cpu[side]["postgres"] = cpu[side].get("postgres", 0.0) + postgres_cpu_seconds() - before_postgres
-                        cpu[side]["machine"] = cpu[side].get("machine", 0.0) + machine_cpu_seconds() - before_machine
+                        cpu[side]["postgres"] = (
+                            cpu[side].get("postgres", 0.0) + postgres_cpu_seconds() - before_postgres
+                        )
+                        cpu[side]["machine"] = (
+                            cpu[side].get("machine", 0.0) + machine_cpu_seconds() - before_machine
+                        )
                         seconds[side].append(took)
                         print(f"  {name:<9} round {r + 1} {side:<36} {took:7.2f} s", flush=True)
                 shape: dict[str, Any] = {"tasks": len(tasks), "batch": batch}
@@ -373,7 +424,9 @@ async def run(rounds: int, small: bool, database: str, workdir: Path, only: set[
                         "executionsPerSecond": round(batch / median, 2),
                         "hopMsOneAtATime": summary(hop["toStarted"]),
                         # CPU milliseconds per execution, by process (the load client excluded).
-                        "cpuMsPerExecution": {k: round(v * 1000 / (batch * rounds), 1) for k, v in cpu[side].items() if v},
+                        "cpuMsPerExecution": {
+                            k: round(v * 1000 / (batch * rounds), 1) for k, v in cpu[side].items() if v
+                        },
                     }
                 results[name] = shape
     return {"machine": machine(), "database": database, "rounds": rounds, "small": small, "shapes": results}
@@ -420,7 +473,9 @@ def report(result: dict[str, Any]) -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--small", action="store_true")
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")

@@ -39,7 +39,13 @@ def draw(path: Path = RESULTS / "summary.png") -> Path:
         throughput.bar([i - 0.2 for i in x], ours, 0.4, label="ours (API + interpreter)")
         throughput.bar([i + 0.2 for i in x], hand, 0.4, label="hand-written workflow")
         for i, c in enumerate(cases):
-            throughput.annotate(f"ratio {results[c]['ratio']}", (i, max(ours[i], hand[i])), ha="center", va="bottom", fontsize=8)
+            throughput.annotate(
+                f"ratio {results[c]['ratio']}",
+                (i, max(ours[i], hand[i])),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
         throughput.set_xticks(list(x), labels, fontsize=8)
         throughput.set_ylabel("activities / s")
         throughput.set_title("Engine throughput (same server, one worker each)")
@@ -67,7 +73,9 @@ def draw(path: Path = RESULTS / "summary.png") -> Path:
         for j, database in enumerate(databases):
             values = [load["databases"][database]["endpoints"].get(e, {}).get("rps", 0) for e in endpoints]
             api.bar([i + j * width for i in range(len(endpoints))], values, width, label=database)
-        api.set_xticks([i + width * (len(databases) - 1) / 2 for i in range(len(endpoints))], endpoints, fontsize=8)
+        api.set_xticks(
+            [i + width * (len(databases) - 1) / 2 for i in range(len(endpoints))], endpoints, fontsize=8
+        )
         api.set_ylabel("requests / s")
         api.set_title("API under concurrent load")
         api.legend()

@@ -58,7 +58,11 @@ def chain(n: int) -> Shape:
 
 def fan_out(width: int) -> Shape:
     middle = [{"id": f"m{i}", "name": f"m{i}", "dependencies": ["start"]} for i in range(width)]
-    return [{"id": "start", "name": "start"}, *middle, {"id": "end", "name": "end", "dependencies": [m["id"] for m in middle]}]
+    return [
+        {"id": "start", "name": "start"},
+        *middle,
+        {"id": "end", "name": "end", "dependencies": [m["id"] for m in middle]},
+    ]
 
 
 def layered(n: int, layers: int, seed: int = 7) -> Shape:
@@ -89,12 +93,19 @@ async def run_ours(stack: Stack, definition_id: str, batch: int) -> tuple[float,
     async with stack.http() as http:
         began = time.perf_counter()
         responses = await asyncio.gather(
-            *(http.post("/api/executions", json={"workflowDefinitionId": definition_id, "initialContext": {}}) for _ in range(batch))
+            *(
+                http.post(
+                    "/api/executions", json={"workflowDefinitionId": definition_id, "initialContext": {}}
+                )
+                for _ in range(batch)
+            )
         )
         ids = []
         for response in responses:
             response.raise_for_status()
-            ids.append(workflow_id(stack.settings.workflow_id_prefix, definition_id, str(response.json()["id"])))
+            ids.append(
+                workflow_id(stack.settings.workflow_id_prefix, definition_id, str(response.json()["id"]))
+            )
         await asyncio.gather(*(stack.client.get_workflow_handle(w).result() for w in ids))
         return time.perf_counter() - began, ids
 
@@ -104,7 +115,10 @@ async def run_handwritten(stack: Stack, tasks: Shape, batch: int) -> tuple[float
     ids = [f"hand-{uuid.uuid4().hex[:12]}" for _ in range(batch)]
     began = time.perf_counter()
     handles = await asyncio.gather(
-        *(stack.client.start_workflow(HandWrittenDag.run, dag, id=w, task_queue=HANDWRITTEN_QUEUE) for w in ids)
+        *(
+            stack.client.start_workflow(HandWrittenDag.run, dag, id=w, task_queue=HANDWRITTEN_QUEUE)
+            for w in ids
+        )
     )
     await asyncio.gather(*(h.result() for h in handles))
     return time.perf_counter() - began, ids
@@ -131,7 +145,9 @@ async def latencies(stack: Stack, workflow_ids: list[str], tasks: Shape) -> dict
             elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
                 started[task_of_event[event.activity_task_started_event_attributes.scheduled_event_id]] = at
             elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-                completed[task_of_event[event.activity_task_completed_event_attributes.scheduled_event_id]] = at
+                completed[
+                    task_of_event[event.activity_task_completed_event_attributes.scheduled_event_id]
+                ] = at
         for task, deps in dependencies.items():
             if deps and task in started:
                 ready = max(completed[d] for d in deps)
@@ -155,13 +171,23 @@ async def run_on(rounds: int, small: bool, workdir: Path, database_url: str | No
     async with local_stack(workdir / "stack", database_url) as stack:
         hand = stack.processes.add(
             "handwritten",
-            [sys.executable, "-m", "bench.handwritten", "--address", stack.settings.temporal_address, "--queue", HANDWRITTEN_QUEUE],
+            [
+                sys.executable,
+                "-m",
+                "bench.handwritten",
+                "--address",
+                stack.settings.temporal_address,
+                "--queue",
+                HANDWRITTEN_QUEUE,
+            ],
             settings_env(stack.settings),
         ).start()
         definitions: dict[str, str] = {}
         async with stack.http() as http:
             for name, (tasks, _) in shapes.items():
-                response = await http.post("/api/workflows", json={"name": name, "tasks": tasks, "synchronizationPoints": []})
+                response = await http.post(
+                    "/api/workflows", json={"name": name, "tasks": tasks, "synchronizationPoints": []}
+                )
                 response.raise_for_status()
                 definitions[name] = str(response.json()["id"])
         # Warm-up: one of each on both sides (worker caches, first-use imports, SQLite pages).
@@ -176,7 +202,11 @@ async def run_on(rounds: int, small: bool, workdir: Path, database_url: str | No
             for r in range(rounds):
                 order = ["ours", "handwritten"] if r % 2 == 0 else ["handwritten", "ours"]
                 for side in order:
-                    took, wids = await (run_ours(stack, definitions[name], batch) if side == "ours" else run_handwritten(stack, tasks, batch))
+                    took, wids = await (
+                        run_ours(stack, definitions[name], batch)
+                        if side == "ours"
+                        else run_handwritten(stack, tasks, batch)
+                    )
                     seconds[side].append(took)
                     ids[side].extend(wids)
                     print(f"  {name:<11} round {r + 1} {side:<11} {took:7.2f} s", flush=True)
@@ -188,19 +218,28 @@ async def run_on(rounds: int, small: bool, workdir: Path, database_url: str | No
                     "seconds": [round(s, 3) for s in seconds[side]],
                     "executionsPerSecond": round(batch / median, 2),
                     "activitiesPerSecond": round(batch * len(tasks) / median, 1),
-                    "schedulingLatencyMs": {"toStarted": summary(lat["toStarted"]), "toScheduled": summary(lat["toScheduled"])},
+                    "schedulingLatencyMs": {
+                        "toStarted": summary(lat["toStarted"]),
+                        "toScheduled": summary(lat["toScheduled"]),
+                    },
                 }
             # One execution at a time: the latency of a hop itself, without the queueing of a batch.
             for side in ("ours", "handwritten"):
                 solo: list[str] = []
                 for _ in range(SOLO_RUNS if not small else 1):
-                    _, wids = await (run_ours(stack, definitions[name], 1) if side == "ours" else run_handwritten(stack, tasks, 1))
+                    _, wids = await (
+                        run_ours(stack, definitions[name], 1)
+                        if side == "ours"
+                        else run_handwritten(stack, tasks, 1)
+                    )
                     solo.extend(wids)
                 lat = await latencies(stack, solo, tasks)
                 sides[side]["schedulingLatencyMs"]["toStartedOneAtATime"] = summary(lat["toStarted"])
             pairs = [hand / ours for ours, hand in zip(seconds["ours"], seconds["handwritten"], strict=True)]
             sides["ratio"] = round(statistics.median(pairs), 3)
-            sides["ratioOfMedians"] = round(sides["ours"]["executionsPerSecond"] / sides["handwritten"]["executionsPerSecond"], 3)
+            sides["ratioOfMedians"] = round(
+                sides["ours"]["executionsPerSecond"] / sides["handwritten"]["executionsPerSecond"], 3
+            )
             shape_results[name] = {"tasks": len(tasks), "batch": batch, **sides}
         hand.check_alive()
         rss = {**stack.rss()}
@@ -214,10 +253,15 @@ def report(result: dict[str, Any]) -> None:
 
 
 def report_shapes(shapes: dict[str, Any]) -> None:
-    print(f"{'shape':<11} {'ours ex/s':>10} {'hand ex/s':>10} {'ours act/s':>11} {'hand act/s':>11} {'ratio':>6}  sched p50/p95/p99 ms, one at a time (ours | hand)")
+    print(
+        f"{'shape':<11} {'ours ex/s':>10} {'hand ex/s':>10} {'ours act/s':>11} {'hand act/s':>11} {'ratio':>6}  sched p50/p95/p99 ms, one at a time (ours | hand)"
+    )
     for name, s in shapes.items():
         o, h = s["ours"], s["handwritten"]
-        lo, lh = o["schedulingLatencyMs"]["toStartedOneAtATime"], h["schedulingLatencyMs"]["toStartedOneAtATime"]
+        lo, lh = (
+            o["schedulingLatencyMs"]["toStartedOneAtATime"],
+            h["schedulingLatencyMs"]["toStartedOneAtATime"],
+        )
         print(
             f"{name:<11} {o['executionsPerSecond']:>10} {h['executionsPerSecond']:>10} {o['activitiesPerSecond']:>11} "
             f"{h['activitiesPerSecond']:>11} {s['ratio']:>6}  {lo['p50']}/{lo['p95']}/{lo['p99']} | {lh['p50']}/{lh['p95']}/{lh['p99']}"
@@ -225,10 +269,14 @@ def report_shapes(shapes: dict[str, Any]) -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--small", action="store_true", help="tiny batches (CI keeps the benchmark working)")
-    parser.add_argument("--databases", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite", "postgresql"])
+    parser.add_argument(
+        "--databases", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite", "postgresql"]
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wfo-bench-engine-") as tmp:
         result = await run(args.rounds, args.small, Path(tmp), args.databases)

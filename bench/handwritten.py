@@ -48,7 +48,9 @@ class HandWrittenDag:
                 await asyncio.gather(*(started[d] for d in n.dependencies))
             await workflow.execute_activity(
                 "noop",
-                TaskInput(execution_id=workflow.info().workflow_id, task_id=n.id, task_type="noop", queue=dag.queue),
+                TaskInput(
+                    execution_id=workflow.info().workflow_id, task_id=n.id, task_type="noop", queue=dag.queue
+                ),
                 task_queue=dag.queue,
                 activity_id=n.id,
                 start_to_close_timeout=timedelta(minutes=5),
@@ -62,11 +64,19 @@ class HandWrittenDag:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--address", required=True)
     parser.add_argument("--queue", default="bench-handwritten")
     args = parser.parse_args()
-    client = await Client.connect(args.address)
+    from api.codec import data_converter
+    from api.settings import get_settings
+
+    # The stack's payload encryption, if any (the harness passes its settings in the environment).
+    client = await Client.connect(
+        args.address, data_converter=data_converter(get_settings().payload_codec_keys())
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from api.settings import Settings  # noqa: E402
-from tests.processes import (  # noqa: E402
+from api.codec import data_converter
+from api.settings import Settings
+from tests.processes import (
     Process,
     ProcessSet,
     free_port,
@@ -47,7 +48,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def summary(values: Sequence[float]) -> dict[str, float | int]:
@@ -76,7 +77,11 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": sys.version.split()[0], "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 @contextlib.contextmanager
@@ -102,7 +107,12 @@ class Stack:
     def http(self, **kwargs: Any) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=kwargs.pop("connections", 100))
         return httpx.AsyncClient(
-            base_url=self.base_url, headers=self.headers, timeout=120, trust_env=False, limits=limits, **kwargs
+            base_url=self.base_url,
+            headers=self.headers,
+            timeout=120,
+            trust_env=False,
+            limits=limits,
+            **kwargs,
         )
 
     def rss(self) -> dict[str, float]:
@@ -147,7 +157,9 @@ async def local_stack(
     )
     with ProcessSet(workdir / "logs") as processes:
         temporal = processes.start_temporal(workdir / "temporal.db", port, ui_port)
-        client = await wait_temporal_ready(temporal, address)
+        client = await wait_temporal_ready(
+            temporal, address, data_converter=data_converter(settings.payload_codec_keys())
+        )
         api = processes.start_api(settings, api_port)
         await wait_http_ready(api, f"http://127.0.0.1:{api_port}/readyz")
         started = []

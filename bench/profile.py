@@ -80,7 +80,7 @@ def reduce(raw: Path, top: int = 15) -> dict[str, Any]:
         for bucket, marker in LIBRARIES.items():
             if any(p.startswith(marker) for p in paths):
                 libraries[bucket] += count
-    share = lambda n: round(100 * n / total, 1) if total else 0.0  # noqa: E731
+    share = lambda n: round(100 * n / total, 1) if total else 0.0
     return {
         "samples": total,
         "ourFunctionsPercent": {k: share(v) for k, v in ours.most_common(top)},
@@ -91,7 +91,9 @@ def reduce(raw: Path, top: int = 15) -> dict[str, Any]:
 async def load(stack: Stack, seconds: float, batch: int) -> dict[str, Any]:
     tasks, _ = SHAPES["layered200"]
     async with stack.http() as http:
-        response = await http.post("/api/workflows", json={"name": "profile", "tasks": tasks, "synchronizationPoints": []})
+        response = await http.post(
+            "/api/workflows", json={"name": "profile", "tasks": tasks, "synchronizationPoints": []}
+        )
         response.raise_for_status()
         definition_id = str(response.json()["id"])
         finished: list[str] = []
@@ -102,13 +104,18 @@ async def load(stack: Stack, seconds: float, batch: int) -> dict[str, Any]:
             nonlocal executions
             while time.monotonic() < deadline:
                 started = await asyncio.gather(
-                    *(http.post("/api/executions", json={"workflowDefinitionId": definition_id}) for _ in range(batch))
+                    *(
+                        http.post("/api/executions", json={"workflowDefinitionId": definition_id})
+                        for _ in range(batch)
+                    )
                 )
                 ids = [str(r.json()["id"]) for r in started]
                 pending = set(ids)
                 while pending:
                     for execution_id in list(pending):
-                        if (await http.get(f"/api/v2/executions/{execution_id}")).json()["status"] != "RUNNING":
+                        if (await http.get(f"/api/v2/executions/{execution_id}")).json()[
+                            "status"
+                        ] != "RUNNING":
                             pending.discard(execution_id)
                             finished.append(execution_id)
                             executions += 1
@@ -137,9 +144,22 @@ async def run(seconds: float, label: str | None, workdir: Path, small: bool) -> 
         raws = {"worker": out / f"worker{suffix}.txt", "api": out / f"api{suffix}.txt"}
         pids = {"worker": stack.workers[0].pid, "api": stack.api.pid}
         spies = [
-            subprocess.Popen(
-                [py_spy(), "record", "--pid", str(pids[name]), "--rate", "100", "--duration", str(int(seconds) + 2),
-                 "--format", "raw", "--output", str(raws[name]), "--nonblocking"],  # fmt: skip
+            subprocess.Popen(  # noqa: ASYNC220
+                [
+                    py_spy(),
+                    "record",
+                    "--pid",
+                    str(pids[name]),
+                    "--rate",
+                    "100",
+                    "--duration",
+                    str(int(seconds) + 2),
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raws[name]),
+                    "--nonblocking",
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -154,7 +174,9 @@ async def run(seconds: float, label: str | None, workdir: Path, small: bool) -> 
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--label", help="names the result file (e.g. before / after a change)")
     parser.add_argument("--small", action="store_true")

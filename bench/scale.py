@@ -47,11 +47,15 @@ async def history_lengths(stack: Stack, wid: str) -> list[int]:
 async def run_size(stack: Stack, size: int) -> dict[str, Any]:
     tasks = layered(size, max(1, size // 50))
     async with stack.http() as http:
-        response = await http.post("/api/workflows", json={"name": f"scale-{size}", "tasks": tasks, "synchronizationPoints": []})
+        response = await http.post(
+            "/api/workflows", json={"name": f"scale-{size}", "tasks": tasks, "synchronizationPoints": []}
+        )
         response.raise_for_status()
         definition_id = str(response.json()["id"])
         began = time.perf_counter()
-        response = await http.post("/api/executions", json={"workflowDefinitionId": definition_id, "initialContext": {}})
+        response = await http.post(
+            "/api/executions", json={"workflowDefinitionId": definition_id, "initialContext": {}}
+        )
         response.raise_for_status()
         execution_id = str(response.json()["id"])
         deadline = time.monotonic() + TIMEOUT_SECONDS
@@ -65,8 +69,14 @@ async def run_size(stack: Stack, size: int) -> dict[str, Any]:
         seconds = time.perf_counter() - began
         execution = (await http.get(f"/api/v2/executions/{execution_id}")).json()
         progress = (await http.get(f"/api/executions/{execution_id}/progress")).json()
-        completed = (await http.get(f"/api/v2/executions/{execution_id}/tasks", params={"status": "COMPLETED", "limit": 1})).json()["total"]
-    lengths = await history_lengths(stack, workflow_id(stack.settings.workflow_id_prefix, definition_id, execution_id))
+        completed = (
+            await http.get(
+                f"/api/v2/executions/{execution_id}/tasks", params={"status": "COMPLETED", "limit": 1}
+            )
+        ).json()["total"]
+    lengths = await history_lengths(
+        stack, workflow_id(stack.settings.workflow_id_prefix, definition_id, execution_id)
+    )
     result = {
         "tasks": size,
         "status": execution["status"],
@@ -77,7 +87,10 @@ async def run_size(stack: Stack, size: int) -> dict[str, Any]:
         "historyLengths": lengths,
         "peakRssMiB": stack.rss(),
     }
-    ok = execution["status"] == "COMPLETED" and completed == size == progress["completedTasks"] == progress["totalTasks"]
+    ok = (
+        execution["status"] == "COMPLETED"
+        and completed == size == progress["completedTasks"] == progress["totalTasks"]
+    )
     result["correct"] = ok
     return result
 
@@ -98,9 +111,13 @@ async def run(sizes: list[int], workdir: Path) -> dict[str, Any]:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--small", action="store_true", help="one 100-task DAG (CI keeps the benchmark working)")
+    parser.add_argument(
+        "--small", action="store_true", help="one 100-task DAG (CI keeps the benchmark working)"
+    )
     args = parser.parse_args()
     sizes = [100] if args.small else args.sizes
     with tempfile.TemporaryDirectory(prefix="wfo-bench-scale-") as tmp:

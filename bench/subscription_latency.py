@@ -50,13 +50,31 @@ async def seed(settings: Settings) -> int:
     now = datetime.now(UTC)
     document = {"tasks": [], "synchronizationPoints": []}
     async with session_factory(engine)() as session:
-        definition = DefinitionRow(name="bench", version="1.0.0", revision=1, document=document, created_at=now, updated_at=now)
+        definition = DefinitionRow(
+            name="bench", version="1.0.0", revision=1, document=document, created_at=now, updated_at=now
+        )
         session.add(definition)
         await session.flush()
-        session.add(DefinitionVersionRow(definition_id=definition.id, revision=1, version="1.0.0", name="bench", document=document, created_at=now))
+        session.add(
+            DefinitionVersionRow(
+                definition_id=definition.id,
+                revision=1,
+                version="1.0.0",
+                name="bench",
+                document=document,
+                created_at=now,
+            )
+        )
         execution = ExecutionRow(
-            definition_id=definition.id, definition_version="1.0.0", status="RUNNING", start_time=now, workflow_id="bench",
-            context={}, context_created_at=now, context_updated_at=now, updated_at=now,
+            definition_id=definition.id,
+            definition_version="1.0.0",
+            status="RUNNING",
+            start_time=now,
+            workflow_id="bench",
+            context={},
+            context_created_at=now,
+            context_updated_at=now,
+            updated_at=now,
         )
         session.add(execution)
         await session.commit()
@@ -66,11 +84,23 @@ async def seed(settings: Settings) -> int:
     return execution_id
 
 
-async def subscriber(url: str, token: str, execution_id: int, received: dict[int, float], ready: asyncio.Event) -> None:
+async def subscriber(
+    url: str, token: str, execution_id: int, received: dict[int, float], ready: asyncio.Event
+) -> None:
     async with websockets.connect(url, subprotocols=["graphql-transport-ws"], max_queue=None) as ws:
-        await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}))
+        await ws.send(
+            json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}})
+        )
         assert json.loads(await ws.recv())["type"] == "connection_ack"
-        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": SUBSCRIPTION, "variables": {"id": str(execution_id)}}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "id": "1",
+                    "type": "subscribe",
+                    "payload": {"query": SUBSCRIPTION, "variables": {"id": str(execution_id)}},
+                }
+            )
+        )
         ready.set()
         async for raw in ws:
             message = json.loads(raw)
@@ -90,7 +120,9 @@ async def run_case(database: str, subscribers: int, events: int, workdir: Path) 
 
 
 async def _measure(url: str, database: str, subscribers: int, events: int, workdir: Path) -> dict[str, Any]:
-    settings = Settings(dev_mode=True, database_url=url, data_dir=workdir, admin_password=PASSWORD, jwt_secret="b" * 48)
+    settings = Settings(
+        dev_mode=True, database_url=url, data_dir=workdir, admin_password=PASSWORD, jwt_secret="b" * 48
+    )
     execution_id = await seed(settings)
     port = free_port()
     env = {
@@ -104,7 +136,13 @@ async def _measure(url: str, database: str, subscribers: int, events: int, workd
         "WFO_LOG_LEVEL": "WARNING",
         "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
     }
-    server = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-m", "server"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             for _ in range(200):
@@ -114,11 +152,15 @@ async def _measure(url: str, database: str, subscribers: int, events: int, workd
                 except httpx.HTTPError:
                     pass
                 await asyncio.sleep(0.1)
-            token = (await http.post("/api/auth/login", json={"username": "admin", "password": PASSWORD})).json()["accessToken"]
+            token = (
+                await http.post("/api/auth/login", json={"username": "admin", "password": PASSWORD})
+            ).json()["accessToken"]
         received: list[dict[int, float]] = [{} for _ in range(subscribers)]
         readies = [asyncio.Event() for _ in range(subscribers)]
         clients = [
-            asyncio.create_task(subscriber(f"ws://127.0.0.1:{port}/graphql", token, execution_id, received[i], readies[i]))
+            asyncio.create_task(
+                subscriber(f"ws://127.0.0.1:{port}/graphql", token, execution_id, received[i], readies[i])
+            )
             for i in range(subscribers)
         ]
         await asyncio.gather(*(r.wait() for r in readies))
@@ -129,8 +171,17 @@ async def _measure(url: str, database: str, subscribers: int, events: int, workd
         written: dict[int, float] = {}
         for seq in range(1, events + 2):
             kind = "workflow.execution.completed" if seq == events + 1 else "progress.updated"
-            data = {"status": "COMPLETED", "endTime": datetime.now(UTC).isoformat()} if seq == events + 1 else {"completedTasks": seq, "totalTasks": events}
-            batch = EventBatch(str(execution_id), "bench", "run", [Event(seq=seq, type=kind, at=datetime.now(UTC), data=data)])
+            data = (
+                {"status": "COMPLETED", "endTime": datetime.now(UTC).isoformat()}
+                if seq == events + 1
+                else {"completedTasks": seq, "totalTasks": events}
+            )
+            batch = EventBatch(
+                str(execution_id),
+                "bench",
+                "run",
+                [Event(seq=seq, type=kind, at=datetime.now(UTC), data=data)],
+            )
             async with sessions() as session:
                 await apply_batch(session, batch)
             written[seq] = time.perf_counter()
@@ -156,10 +207,14 @@ async def _measure(url: str, database: str, subscribers: int, events: int, workd
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=200)
     parser.add_argument("--subscribers", type=int, nargs="+", default=[1, 100])
-    parser.add_argument("--databases", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
+    parser.add_argument(
+        "--databases", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"]
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "subscription_latency.json")
     args = parser.parse_args()
     results = []
@@ -170,7 +225,9 @@ async def main() -> None:
                 print(json.dumps(result))
                 results.append(result)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"measured_at": datetime.now(UTC).isoformat(), "results": results}, indent=2) + "\n")
+    args.output.write_text(
+        json.dumps({"measured_at": datetime.now(UTC).isoformat(), "results": results}, indent=2) + "\n"
+    )
     print(f"wrote {args.output}")
 
 

@@ -123,7 +123,9 @@ async def admin(client: httpx.AsyncClient) -> dict[str, str]:
     return await login(client, "admin", ADMIN_PASSWORD)
 
 
-async def create_user(client: httpx.AsyncClient, admin: dict[str, str], username: str, role: str) -> dict[str, str]:
+async def create_user(
+    client: httpx.AsyncClient, admin: dict[str, str], username: str, role: str
+) -> dict[str, str]:
     password = f"{username}-password-123"
     response = await client.post(
         "/api/users", json={"username": username, "password": password, "role": role}, headers=admin
@@ -183,7 +185,9 @@ def engine_settings(database_url: str, tmp_path: Path, temporal_env: WorkflowEnv
 
 
 @contextlib.asynccontextmanager
-async def running_worker_set(client: Client, settings: Settings, *args: str, identity: str = "test-worker") -> AsyncIterator[Any]:
+async def running_worker_set(
+    client: Client, settings: Settings, *args: str, identity: str = "test-worker"
+) -> AsyncIterator[Any]:
     """worker.py's WorkerSet, running in this process until the block ends."""
     from worker import WorkerSet, parse_args
 

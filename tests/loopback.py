@@ -6,13 +6,15 @@ with LoopbackServer() as server:                     # or the `loopback` fixture
     server.route("/flaky", status=[500, 500, 200])   # one status per request; the last repeats
     server.route("/slow", delay=5, text="late")      # answers after 5 s (or when the server stops)
     server.route("/hook", method="POST", handler=echo)   # compute the reply from the request
+    server.route("/drip", stream=lambda: itertools.repeat(b"x"), interval=0.05)   # chunked, endless
     ...  # call server.url_for("/ok")
     server.requests_to("/hook")[0].json()
 ```
 
 It is `http.server` in a thread on a port the OS picks (no race for a "free" port), HTTP/1.1 with
-keep-alive, every reply with a Content-Length. Unrouted paths answer 404. Stopping wakes delayed
-replies and closes open connections, so a test never waits on a sleeping handler.
+keep-alive, every reply with a Content-Length (a streamed one is chunked). Unrouted paths answer
+404. Stopping wakes delayed replies and closes open connections, so a test never waits on a
+sleeping handler.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import json as jsonlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
@@ -37,7 +39,12 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 @dataclass
 class Reply:
-    """One scripted response: status, body (JSON, text or bytes), headers, and a delay before it."""
+    """One scripted response: status, body (JSON, text or bytes), headers, and a delay before it.
+
+    `stream` makes the body chunked: one chunk per item of `stream()`, `interval` seconds apart,
+    until the items end, the client goes away or the server stops. With `raw`, the items are the
+    whole response as sent, status line and headers included (for heads that never end).
+    """
 
     status: int = 200
     json: Any = _UNSET
@@ -45,6 +52,9 @@ class Reply:
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    stream: Callable[[], Iterable[bytes]] | None = None
+    interval: float = 0.0
+    raw: bool = False
 
     def encode(self) -> tuple[bytes, dict[str, str]]:
         """The body bytes and the headers to send (a content type is added for JSON and text)."""
@@ -186,14 +196,35 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if reply.delay and owner._stopping.wait(reply.delay):
             self.close_connection = True
             return
+        if reply.stream is not None and reply.raw:
+            self._write_all(reply.stream(), reply.interval, chunked=False)
+            return
         data, reply_headers = reply.encode()
         self.send_response(reply.status)
         for name, value in reply_headers.items():
             self.send_header(name, value)
+        if reply.stream is not None:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self._write_all(reply.stream(), reply.interval, chunked=True)
+            return
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+    def _write_all(self, pieces: Iterable[bytes], interval: float, *, chunked: bool) -> None:
+        self.close_connection = True
+        try:
+            for piece in pieces:
+                if self.server.owner._stopping.wait(interval):
+                    return
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                self.wfile.flush()
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the client went away: the point of most endless streams
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("do_") and name[3:] in _METHODS:
@@ -273,6 +304,9 @@ class LoopbackServer:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
         delay: float = 0.0,
+        stream: Callable[[], Iterable[bytes]] | None = None,
+        interval: float = 0.0,
+        raw: bool = False,
         replies: Sequence[Reply] | None = None,
         handler: Handler | None = None,
     ) -> Route:
@@ -281,7 +315,17 @@ class LoopbackServer:
         if replies is None and handler is None:
             statuses = [status] if isinstance(status, int) else list(status)
             replies = [
-                Reply(status=s, json=json, text=text, body=body, headers=dict(headers or {}), delay=delay)
+                Reply(
+                    status=s,
+                    json=json,
+                    text=text,
+                    body=body,
+                    headers=dict(headers or {}),
+                    delay=delay,
+                    stream=stream,
+                    interval=interval,
+                    raw=raw,
+                )
                 for s in statuses
             ]
         route = Route(replies, handler)

@@ -43,6 +43,7 @@ from temporalio.api.enums.v1 import DescribeTaskQueueMode, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, DescribeTaskQueueRequest
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 
 from api.settings import Settings
 from devstack import _pdeathsig_preexec
@@ -302,8 +303,15 @@ def temporal_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("WFO_", "TEMPORAL_"))}
 
 
-async def wait_temporal_ready(process: Process, address: str, timeout: float = 60.0) -> Client:
-    """A client of the dev server `process` once it serves the default namespace.
+async def wait_temporal_ready(
+    process: Process,
+    address: str,
+    timeout: float = 60.0,
+    *,
+    data_converter: DataConverter = DataConverter.default,
+) -> Client:
+    """A client of the dev server `process` once it serves the default namespace (with the stack's
+    data converter when its settings encrypt payloads: api.codec.data_converter).
 
     The process must stay alive meanwhile: a dev server on a busy port exits quietly, and a
     client would then talk to someone else's server.
@@ -313,7 +321,7 @@ async def wait_temporal_ready(process: Process, address: str, timeout: float = 6
     while time.monotonic() < deadline:
         process.check_alive()
         try:
-            client = await asyncio.wait_for(Client.connect(address), 5)
+            client = await asyncio.wait_for(Client.connect(address, data_converter=data_converter), 5)
             await client.workflow_service.describe_namespace(
                 DescribeNamespaceRequest(namespace="default"), timeout=timedelta(seconds=3)
             )

@@ -287,7 +287,9 @@ async def continue_as_new(r: Recorder) -> dict[str, WorkflowHistory]:
         ],
     )
     before = r.settings.continue_after_events
-    r.settings.continue_after_events = 100  # not validated on assignment: below the settings' floor on purpose
+    r.settings.continue_after_events = (
+        100  # not validated on assignment: below the settings' floor on purpose
+    )
     try:
         execution = await r.api.start(definition)
     finally:

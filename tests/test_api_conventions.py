@@ -59,7 +59,9 @@ class TestVersioning:
 
     async def test_login_works_under_each_version(self, client):
         for prefix in ("/api", "/api/v1", "/api/v2"):
-            response = await client.post(f"{prefix}/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
+            response = await client.post(
+                f"{prefix}/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+            )
             assert response.status_code == 200 and "accessToken" in response.json()
 
 
@@ -90,12 +92,16 @@ class TestProblems:
                         yield b" " * 500
 
                 chunked = await client.post(
-                    "/api/workflows", content=stream(), headers={**headers, "Content-Type": "application/json"}
+                    "/api/workflows",
+                    content=stream(),
+                    headers={**headers, "Content-Type": "application/json"},
                 )
                 problem(chunked, 413)
                 assert (await client.get("/api/v2/workflows", headers=headers)).json()["total"] == 0
 
-    @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml", ""])
+    @pytest.mark.parametrize(
+        "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml", ""]
+    )
     async def test_non_json_body_is_415(self, client, operator, content_type):
         headers = {**operator, "Content-Type": content_type}
         body = problem(await client.post("/api/workflows", content=b'{"name": "x"}', headers=headers), 415)
@@ -111,7 +117,13 @@ class TestProblems:
         ("content", "detail"),
         [
             (b'{"name": "' + b"\xff\xfe" + b'"}', "not valid JSON"),
-            (b'{"name": "x", "tasks": [{"name": "a", "input": {"k": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}]}", "not valid JSON"),
+            (
+                b'{"name": "x", "tasks": [{"name": "a", "input": {"k": '
+                + b"[" * 100_000
+                + b"]" * 100_000
+                + b"}}]}",
+                "not valid JSON",
+            ),
             (b'{"name": NaN}', "finite"),
             (b'{"name": "x", "tasks": [{"name": "a", "input": {"x": Infinity}}]}', "finite"),
             (b'{"name": "x", "tasks": [{"name": "a", "timeout": 1e400}]}', "finite"),
@@ -183,6 +195,11 @@ class TestHealth:
 
 
 class TestOpenAPI:
+    @pytest.fixture
+    def settings(self, settings):
+        # Swagger UI is served in dev mode or when asked (tests/test_hardening_graphql.py checks the default).
+        return settings.model_copy(update={"api_docs": True})
+
     async def test_describes_every_endpoint_and_the_bearer_scheme(self, app: FastAPI, client):
         schema = (await client.get("/openapi.json")).json()
         paths = schema["paths"]
@@ -205,7 +222,10 @@ class TestOpenAPI:
             assert path in paths, path
             assert methods <= set(paths[path]), (path, set(paths[path]))
             for method in methods:
-                assert paths[path][method].get("description") or paths[path][method].get("summary"), (path, method)
+                assert paths[path][method].get("description") or paths[path][method].get("summary"), (
+                    path,
+                    method,
+                )
         assert schema["components"]["securitySchemes"]["bearerAuth"] == {
             "type": "http",
             "scheme": "bearer",
@@ -219,9 +239,17 @@ class TestOpenAPI:
         schema = (await client.get("/openapi.json")).json()
         components = schema["components"]["schemas"]
         task = components["TaskIn"]["properties"]
-        assert {"type", "input", "timeout", "retryPolicy", "resourceRequirements", "dependencies"} <= set(task)
+        assert {"type", "input", "timeout", "retryPolicy", "resourceRequirements", "dependencies"} <= set(
+            task
+        )
         retry = components["RetryPolicyIn"]["properties"]
-        assert {"maxAttempts", "initialInterval", "backoffCoefficient", "maximumInterval", "nonRetryableErrors"} <= set(retry)
+        assert {
+            "maxAttempts",
+            "initialInterval",
+            "backoffCoefficient",
+            "maximumInterval",
+            "nonRetryableErrors",
+        } <= set(retry)
         assert {"maxRetries", "backoffMultiplier", "maxBackoff"} <= set(retry)
         resources = components["ResourceRequirementsIn"]["properties"]
         assert {"cpu", "memory", "storage", "gpu", "custom", "queue"} <= set(resources)

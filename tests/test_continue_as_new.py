@@ -62,7 +62,10 @@ async def event_log(settings, execution_id: str) -> list[tuple[int, str, dict]]:
                 sa.text("SELECT seq, type, data FROM execution_events WHERE execution_id = :id ORDER BY seq"),
                 {"id": int(execution_id)},
             )
-            return [(seq, kind, data if isinstance(data, dict) else __import__("json").loads(data)) for seq, kind, data in rows]
+            return [
+                (seq, kind, data if isinstance(data, dict) else __import__("json").loads(data))
+                for seq, kind, data in rows
+            ]
     finally:
         await engine.dispose()
 
@@ -74,7 +77,14 @@ class TestContinueAsNew:
         # Packed task specs too (normally only above 256 KB), through every run.
         monkeypatch.setattr(executions_service, "PACK_TASKS_ABOVE_BYTES", 0)
         tasks = layered_tasks()
-        sync = [{"id": "half", "name": "Half way", "requiredTasks": [f"l4n{i}" for i in range(WIDTH)], "timeout": 300}]
+        sync = [
+            {
+                "id": "half",
+                "name": "Half way",
+                "requiredTasks": [f"l4n{i}" for i in range(WIDTH)],
+                "timeout": 300,
+            }
+        ]
         definition_id = await define(client, operator, tasks, sync)
         execution = await start(client, operator, definition_id)
         wid = workflow_id(settings.workflow_id_prefix, definition_id, str(execution["id"]))
@@ -89,10 +99,14 @@ class TestContinueAsNew:
         )
         assert task(waiting, "gate")["status"] == "WAITING"
         assert len(await runs_of(temporal_env, wid)) >= 2, "the history was handed over while the gate waited"
-        assert (await temporal_env.client.get_workflow_handle(wid).describe()).raw_description.workflow_execution_info.history_length < 500 + 200
+        assert (
+            await temporal_env.client.get_workflow_handle(wid).describe()
+        ).raw_description.workflow_execution_info.history_length < 500 + 200
 
         # The decision reaches the current run (the API addresses the workflow id, not a run).
-        response = await client.post(f"/api/tasks/{task(waiting, 'gate')['id']}/complete", json={"output": "go"}, headers=operator)
+        response = await client.post(
+            f"/api/tasks/{task(waiting, 'gate')['id']}/complete", json={"output": "go"}, headers=operator
+        )
         assert response.status_code == 200, response.text
         final = await finished(client, operator, execution["id"], timeout=60)
 
@@ -115,7 +129,10 @@ class TestContinueAsNew:
         log = await event_log(settings, execution["id"])
         assert [seq for seq, _, _ in log] == list(range(1, len(log) + 1))
         kinds = [kind for _, kind, _ in log]
-        assert kinds.count("workflow.execution.started") == 1 and kinds.count("workflow.execution.completed") == 1
+        assert (
+            kinds.count("workflow.execution.started") == 1
+            and kinds.count("workflow.execution.completed") == 1
+        )
         assert kinds.count("task.execution.completed") == len(tasks)
         assert kinds.count("task.execution.started") == len(tasks) - 2
         assert kinds.count("task.execution.waiting") == 2
@@ -134,26 +151,39 @@ def test_packed_tasks_round_trip():
     specs = [
         TaskSpec("a", "A"),
         TaskSpec(
-            "b", "B", "http", ["a"], {"url": "https://example.com"}, 3.5,
-            RetrySpec(5, 0.5, 1.5, 20.0, ["Boom"]), "q", {"cpu": 2},
-        ),  # fmt: skip
+            "b",
+            "B",
+            "http",
+            ["a"],
+            {"url": "https://example.com"},
+            3.5,
+            RetrySpec(5, 0.5, 1.5, 20.0, ["Boom"]),
+            "q",
+            {"cpu": 2},
+        ),
     ]
     assert unpack_tasks(pack_tasks(specs)) == specs
 
 
 def test_a_big_definition_packs_to_a_fraction():
-    specs = [TaskSpec(f"task-{i}", f"Task {i}", dependencies=[f"task-{i - 1}"] if i else []) for i in range(10_000)]
+    specs = [
+        TaskSpec(f"task-{i}", f"Task {i}", dependencies=[f"task-{i - 1}"] if i else []) for i in range(10_000)
+    ]
     assert len(pack_tasks(specs)) < 1_000_000
 
 
 def test_carried_state_round_trips_packed():
     now = dt.datetime.now(dt.UTC)
     tasks = [
-        TaskCarryOver("a", "COMPLETED", 2, now, now, None, {"worker": "w", "queue": "q", "requirements": None}),
+        TaskCarryOver(
+            "a", "COMPLETED", 2, now, now, None, {"worker": "w", "queue": "q", "requirements": None}
+        ),
         TaskCarryOver("b", "WAITING", 1, now),
         TaskCarryOver("c", "FAILED", 3, now, now, "boom"),
     ]
     context = {"a-result": {"n": 1}, "seed": [1, 2]}
     assert unpack_carry(pack_carry(tasks, context)) == (tasks, context)
-    packed = ResumeState(tasks=[], context={}, context_version=3, last_seq=9, started_at=now, packed=pack_carry(tasks, context))
+    packed = ResumeState(
+        tasks=[], context={}, context_version=3, last_seq=9, started_at=now, packed=pack_carry(tasks, context)
+    )
     assert packed.carried() == (tasks, context)

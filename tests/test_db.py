@@ -36,7 +36,20 @@ class TestMigrations:
                 tables = set(sa.inspect(conn).get_table_names())
         finally:
             engine.dispose()
-        assert {"users", "rate_counters", "workflow_definitions", "workflow_definition_versions", "executions", "task_executions", "execution_events", "milestones", "blockers", "webhooks", "webhook_deliveries", "alembic_version"} <= tables
+        assert {
+            "users",
+            "rate_counters",
+            "workflow_definitions",
+            "workflow_definition_versions",
+            "executions",
+            "task_executions",
+            "execution_events",
+            "milestones",
+            "blockers",
+            "webhooks",
+            "webhook_deliveries",
+            "alembic_version",
+        } <= tables
 
     def test_replicas_starting_together_migrate_once(self, settings):
         failures: list[BaseException] = []
@@ -44,7 +57,7 @@ class TestMigrations:
         def run() -> None:
             try:
                 migrate(settings)
-            except BaseException as exc:  # collected and asserted below
+            except BaseException as exc:  # collected and asserted below  # noqa: BLE001
                 failures.append(exc)
 
         threads = [threading.Thread(target=run) for _ in range(4)]
@@ -64,8 +77,12 @@ class TestTimestamps:
         try:
             async with sessions() as session:
                 row = DefinitionRow(
-                    name="t", version="1.0.0", revision=1, document={"tasks": [], "synchronizationPoints": []},
-                    created_at=moment, updated_at=moment,
+                    name="t",
+                    version="1.0.0",
+                    revision=1,
+                    document={"tasks": [], "synchronizationPoints": []},
+                    created_at=moment,
+                    updated_at=moment,
                 )
                 session.add(row)
                 await session.commit()
@@ -84,7 +101,11 @@ class TestTimestamps:
         sessions = session_factory(engine)
         try:
             async with sessions() as session:
-                session.add(DefinitionRow(name="t", version="1.0.0", revision=1, document={}, created_at=datetime(2025, 1, 1)))
+                session.add(
+                    DefinitionRow(
+                        name="t", version="1.0.0", revision=1, document={}, created_at=datetime(2025, 1, 1)
+                    )
+                )
                 with pytest.raises(sa.exc.StatementError, match="naive datetime"):
                     await session.commit()
         finally:

@@ -43,7 +43,15 @@ SPEC_UPDATE = {
     ],
 }
 
-SPEC_TASK_KEYS = {"id", "name", "description", "resourceRequirements", "dependencies", "timeout", "retryPolicy"}
+SPEC_TASK_KEYS = {
+    "id",
+    "name",
+    "description",
+    "resourceRequirements",
+    "dependencies",
+    "timeout",
+    "retryPolicy",
+}
 
 
 def spec_task(task_id: str, name: str, description: str, dependencies: list[str]) -> dict:
@@ -101,8 +109,15 @@ class TestCreateDefinition:
             operator,
             {
                 "name": "ids",
-                "tasks": [{"name": "a", "id": "extract"}, {"name": "b"}, {"name": "c", "dependencies": ["extract", "task-2"]}],
-                "synchronizationPoints": [{"name": "s", "requiredTasks": ["task-3"]}, {"id": "gate", "name": "g", "requiredTasks": ["extract"]}],
+                "tasks": [
+                    {"name": "a", "id": "extract"},
+                    {"name": "b"},
+                    {"name": "c", "dependencies": ["extract", "task-2"]},
+                ],
+                "synchronizationPoints": [
+                    {"name": "s", "requiredTasks": ["task-3"]},
+                    {"id": "gate", "name": "g", "requiredTasks": ["extract"]},
+                ],
             },
         )
         assert [t["id"] for t in body["tasks"]] == ["extract", "task-2", "task-3"]
@@ -113,7 +128,11 @@ class TestCreateDefinition:
             "id": "fetch",
             "name": "Fetch",
             "type": "http",
-            "input": {"url": "https://example.com", "method": "GET", "nested": {"list": [1, 2.5, None, True]}},
+            "input": {
+                "url": "https://example.com",
+                "method": "GET",
+                "nested": {"list": [1, 2.5, None, True]},
+            },
             "timeout": 30,
             "retryPolicy": {
                 "maxAttempts": 5,
@@ -131,7 +150,9 @@ class TestCreateDefinition:
                 "queue": "gpu-fleet",
             },
         }
-        created = await create(client, operator, {"name": "ext", "tasks": [task, {"name": "after", "dependencies": ["fetch"]}]})
+        created = await create(
+            client, operator, {"name": "ext", "tasks": [task, {"name": "after", "dependencies": ["fetch"]}]}
+        )
         fetched = (await client.get(f"/api/workflows/{created['id']}", headers=operator)).json()
         for body in (created, fetched):
             stored = body["tasks"][0]
@@ -145,7 +166,12 @@ class TestCreateDefinition:
         body = await create(
             client,
             operator,
-            {"name": "legacy", "tasks": [{"name": "a", "retryPolicy": {"maxRetries": 2, "backoffMultiplier": 3, "maxBackoff": 60}}]},
+            {
+                "name": "legacy",
+                "tasks": [
+                    {"name": "a", "retryPolicy": {"maxRetries": 2, "backoffMultiplier": 3, "maxBackoff": 60}}
+                ],
+            },
         )
         assert body["tasks"][0]["retryPolicy"] == {
             "maxAttempts": 3,
@@ -201,7 +227,9 @@ class TestDefinitionValidation:
                 ],
             },
         )
-        assert errors == {"#/tasks/0/dependencies": "dependency cycle: task-1 -> task-3 -> task-2 -> task-1 (each depends on the next)"}
+        assert errors == {
+            "#/tasks/0/dependencies": "dependency cycle: task-1 -> task-3 -> task-2 -> task-1 (each depends on the next)"
+        }
 
     async def test_cycle_through_a_sync_point(self, client, operator):
         errors = await self.assert_invalid(
@@ -213,7 +241,9 @@ class TestDefinitionValidation:
                 "synchronizationPoints": [{"name": "s", "requiredTasks": ["task-1", "task-2"]}],
             },
         )
-        assert list(errors.values()) == ["dependency cycle: task-1 -> sync-1 -> task-1 (each depends on the next)"]
+        assert list(errors.values()) == [
+            "dependency cycle: task-1 -> sync-1 -> task-1 (each depends on the next)"
+        ]
 
     async def test_self_dependency_and_two_separate_cycles_are_all_listed(self, client, operator):
         errors = await self.assert_invalid(
@@ -265,16 +295,30 @@ class TestDefinitionValidation:
         [
             ({"maxAttempts": 1001}, "#/tasks/0/retryPolicy/maxAttempts", "less than or equal to 1000"),
             ({"initialInterval": 0}, "#/tasks/0/retryPolicy/initialInterval", "greater than 0"),
-            ({"backoffCoefficient": 101}, "#/tasks/0/retryPolicy/backoffCoefficient", "less than or equal to 100"),
+            (
+                {"backoffCoefficient": 101},
+                "#/tasks/0/retryPolicy/backoffCoefficient",
+                "less than or equal to 100",
+            ),
             ({"maxRetries": -1}, "#/tasks/0/retryPolicy/maxRetries", "greater than or equal to 0"),
-            ({"initialInterval": 10, "maximumInterval": 5}, "#/tasks/0/retryPolicy", "maximumInterval must not be shorter"),
-            ({"maxAttempts": 3, "maxRetries": 5}, "#/tasks/0/retryPolicy", "maxAttempts and maxRetries disagree"),
+            (
+                {"initialInterval": 10, "maximumInterval": 5},
+                "#/tasks/0/retryPolicy",
+                "maximumInterval must not be shorter",
+            ),
+            (
+                {"maxAttempts": 3, "maxRetries": 5},
+                "#/tasks/0/retryPolicy",
+                "maxAttempts and maxRetries disagree",
+            ),
             ({"maxAttempts": "three"}, "#/tasks/0/retryPolicy/maxAttempts", "valid integer"),
             ({"jitter": 1}, "#/tasks/0/retryPolicy/jitter", "Unknown field"),
         ],
     )
     async def test_retry_values_out_of_range(self, client, operator, policy, pointer, detail):
-        errors = await self.assert_invalid(client, operator, {"name": "r", "tasks": [{"name": "a", "retryPolicy": policy}]})
+        errors = await self.assert_invalid(
+            client, operator, {"name": "r", "tasks": [{"name": "a", "retryPolicy": policy}]}
+        )
         assert pointer in errors and detail in errors[pointer], errors
 
     @pytest.mark.parametrize(
@@ -285,17 +329,41 @@ class TestDefinitionValidation:
             ({"name": 7}, "#/name", "valid string"),
             ({"name": "x", "tasks": {"name": "a"}}, "#/tasks", "valid list"),
             ({"name": "x", "tasks": ["a"]}, "#/tasks/0", "valid dictionary"),
-            ({"name": "x", "tasks": [{"name": "a", "dependencies": "b"}]}, "#/tasks/0/dependencies", "valid list"),
+            (
+                {"name": "x", "tasks": [{"name": "a", "dependencies": "b"}]},
+                "#/tasks/0/dependencies",
+                "valid list",
+            ),
             ({"name": "x", "tasks": [{"name": "a", "timeout": "soon"}]}, "#/tasks/0/timeout", "valid number"),
-            ({"name": "x", "tasks": [{"name": "a", "id": "has space"}]}, "#/tasks/0/id", "should match pattern"),
+            (
+                {"name": "x", "tasks": [{"name": "a", "id": "has space"}]},
+                "#/tasks/0/id",
+                "should match pattern",
+            ),
             ({"name": "x", "tasks": [{"name": "a", "input": [1]}]}, "#/tasks/0/input", "valid dictionary"),
             ({"name": "x", "tasks": [{"name": "a", "colour": "red"}]}, "#/tasks/0/colour", "Unknown field"),
             ({"name": "x", "owner": "me"}, "#/owner", "Unknown field"),
-            ({"name": "x", "synchronizationPoints": [{"name": "s", "requiredTasks": []}]}, "#/synchronizationPoints/0/requiredTasks", "at least 1 item"),
-            ({"name": "x", "tasks": [{"name": "a", "resourceRequirements": {"gpu": -1}}]}, "#/tasks/0/resourceRequirements/gpu", "greater than or equal to 0"),
-            ({"name": "x", "tasks": [{"name": "a", "resourceRequirements": {"queue": "bad queue"}}]}, "#/tasks/0/resourceRequirements/queue", "pattern"),
+            (
+                {"name": "x", "synchronizationPoints": [{"name": "s", "requiredTasks": []}]},
+                "#/synchronizationPoints/0/requiredTasks",
+                "at least 1 item",
+            ),
+            (
+                {"name": "x", "tasks": [{"name": "a", "resourceRequirements": {"gpu": -1}}]},
+                "#/tasks/0/resourceRequirements/gpu",
+                "greater than or equal to 0",
+            ),
+            (
+                {"name": "x", "tasks": [{"name": "a", "resourceRequirements": {"queue": "bad queue"}}]},
+                "#/tasks/0/resourceRequirements/queue",
+                "pattern",
+            ),
             ({"name": "x", "tasks": [{"name": "a\u0000"}]}, "#/tasks/0/name", "NUL"),
-            ({"name": "x", "tasks": [{"name": "a", "input": {"k": ["ok", "b\u0000d"]}}]}, "#/tasks/0/input/k/1", "NUL"),
+            (
+                {"name": "x", "tasks": [{"name": "a", "input": {"k": ["ok", "b\u0000d"]}}]},
+                "#/tasks/0/input/k/1",
+                "NUL",
+            ),
         ],
     )
     async def test_wrong_shapes_and_types(self, client, operator, body, pointer, detail):
@@ -308,7 +376,9 @@ class TestDefinitionValidation:
 
     async def test_malformed_json(self, client, operator):
         response = await client.post(
-            "/api/workflows", content=b'{"name": "x",', headers={**operator, "Content-Type": "application/json"}
+            "/api/workflows",
+            content=b'{"name": "x",',
+            headers={**operator, "Content-Type": "application/json"},
         )
         body = problem(response, 422)
         assert body["detail"].startswith("Request body is not valid JSON")
@@ -330,7 +400,9 @@ class TestDefinitionValidation:
 
     async def test_default_maximum_is_ten_thousand(self, client, operator):
         chain = [{"name": f"t{i}", "dependencies": [f"task-{i}"] if i else []} for i in range(10_001)]
-        result = problem(await client.post("/api/workflows", json={"name": "huge", "tasks": chain}, headers=operator), 422)
+        result = problem(
+            await client.post("/api/workflows", json={"name": "huge", "tasks": chain}, headers=operator), 422
+        )
         assert errors_of(result) == {"#/tasks": "10001 tasks exceed the maximum of 10000"}
         created = await create(client, operator, {"name": "huge", "tasks": chain[:10_000]})
         assert len(created["tasks"]) == 10_000
@@ -404,11 +476,15 @@ class TestUpdateDefinition:
         definition_id = created["id"]
         for i in range(11):
             body = {**SPEC_CREATE, "name": f"rev {i + 1}"}
-            assert (await client.put(f"/api/workflows/{definition_id}", json=body, headers=operator)).status_code == 200
+            assert (
+                await client.put(f"/api/workflows/{definition_id}", json=body, headers=operator)
+            ).status_code == 200
         current = (await client.get(f"/api/workflows/{definition_id}", headers=viewer)).json()
         assert current["version"] == "1.0.11" and current["name"] == "rev 11"
 
-        versions = (await client.get(f"/api/v2/workflows/{definition_id}/versions?limit=100", headers=viewer)).json()
+        versions = (
+            await client.get(f"/api/v2/workflows/{definition_id}/versions?limit=100", headers=viewer)
+        ).json()
         assert versions["total"] == 12
         assert [v["version"] for v in versions["items"]] == [f"1.0.{i}" for i in range(12)]
         assert versions["items"][0]["name"] == "Sample Workflow" and versions["items"][0]["taskCount"] == 2

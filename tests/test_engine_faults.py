@@ -517,7 +517,9 @@ class TestDatabaseDown:
                 began = time.monotonic()
                 while True:  # the nap ends after 1 s; the workflow task writing it fails
                     history = await handle.fetch_history()
-                    failures = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
+                    failures = [
+                        e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+                    ]
                     if failures or time.monotonic() - began > OUTAGE_SECONDS:
                         break
                     await asyncio.sleep(0.2)
@@ -530,7 +532,9 @@ class TestDatabaseDown:
                 types = [e.event_type for e in history.events]
                 assert EventType.EVENT_TYPE_TIMER_FIRED in types  # the nap is over...
                 assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in types  # ...but its dependent waits
-                assert len(history.events) == length, "retries of the failed workflow task add nothing to the history"
+                assert len(history.events) == length, (
+                    "retries of the failed workflow task add nothing to the history"
+                )
                 # Temporal records a failure or two (as the task leaves the worker's sticky queue),
                 # then retries without recording.
                 assert 1 <= types.count(EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED) <= 2
@@ -570,8 +574,12 @@ class TestWorkerStopped:
         gate = threading.Event()
         loopback.route("/work", handler=gated(gate, Reply(json={"done": True})))
         queue = settings.default_task_queue
-        async with running_worker(temporal_env.client, settings, "--queue", settings.system_task_queue, identity="system"):
-            worker = processes.start_worker(settings, "--queue", queue, "--graceful-shutdown", "30", identity="leaving")
+        async with running_worker(
+            temporal_env.client, settings, "--queue", settings.system_task_queue, identity="system"
+        ):
+            worker = processes.start_worker(
+                settings, "--queue", queue, "--graceful-shutdown", "30", identity="leaving"
+            )
             await wait_worker_polling(temporal_env.client, queue, "leaving", worker)
             definition = await api.define(
                 "graceful",

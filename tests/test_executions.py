@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+
 import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -19,15 +20,22 @@ def settings(engine_settings):
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED")
 
 
-async def define(client: httpx.AsyncClient, headers: dict, tasks: list[dict], sync_points: list[dict] | None = None) -> str:
+async def define(
+    client: httpx.AsyncClient, headers: dict, tasks: list[dict], sync_points: list[dict] | None = None
+) -> str:
     body = {"name": "test", "tasks": tasks, "synchronizationPoints": sync_points or []}
     response = await client.post("/api/workflows", json=body, headers=headers)
     assert response.status_code == 201, response.text
     return response.json()["id"]
 
 
-async def start(client: httpx.AsyncClient, headers: dict, definition_id: str, context: dict | None = None) -> dict:
-    body = {"workflowDefinitionId": definition_id, **({"initialContext": context} if context is not None else {})}
+async def start(
+    client: httpx.AsyncClient, headers: dict, definition_id: str, context: dict | None = None
+) -> dict:
+    body = {
+        "workflowDefinitionId": definition_id,
+        **({"initialContext": context} if context is not None else {}),
+    }
     response = await client.post("/api/executions", json=body, headers=headers)
     assert response.status_code == 201, response.text
     return response.json()
@@ -53,14 +61,26 @@ def task(body: dict, task_id: str) -> dict:
 
 class TestStartExecution:
     async def test_spec_shape_and_completion(self, client, operator, worker):
-        definition_id = await define(client, operator, [{"name": "Task 1"}, {"name": "Task 2", "dependencies": ["task-1"]}])
+        definition_id = await define(
+            client, operator, [{"name": "Task 1"}, {"name": "Task 2", "dependencies": ["task-1"]}]
+        )
         response = await client.post(
-            "/api/executions", json={"workflowDefinitionId": definition_id, "initialContext": {"key": "value"}}, headers=operator
+            "/api/executions",
+            json={"workflowDefinitionId": definition_id, "initialContext": {"key": "value"}},
+            headers=operator,
         )
         assert response.status_code == 201
         assert response.headers["content-type"] == "application/vnd.workflow-orchestration.v1+json"
         body = response.json()
-        assert set(body) == {"id", "workflowDefinitionId", "status", "startTime", "endTime", "taskExecutions", "context"}
+        assert set(body) == {
+            "id",
+            "workflowDefinitionId",
+            "status",
+            "startTime",
+            "endTime",
+            "taskExecutions",
+            "context",
+        }
         assert body["workflowDefinitionId"] == definition_id
         assert body["status"] == "RUNNING" and body["endTime"] is None and body["taskExecutions"] == []
         assert body["context"]["data"] == '{"key":"value"}' and body["context"]["version"] == 1
@@ -73,23 +93,41 @@ class TestStartExecution:
         assert first["status"] == second["status"] == "COMPLETED"
         assert first["attempts"] == 1 and first["error"] is None
         assert first["endTime"] <= second["startTime"], "task-2 starts after task-1 ends"
-        assert final["context"]["data"] == {"key": "value", "task-1-result": "success", "task-2-result": "success"}
+        assert final["context"]["data"] == {
+            "key": "value",
+            "task-1-result": "success",
+            "task-2-result": "success",
+        }
         assert final["context"]["version"] == 3
 
         v1 = (await client.get(f"/api/executions/{body['id']}", headers=operator)).json()
         assert json.loads(v1["context"]["data"]) == final["context"]["data"]
         assert set(v1["taskExecutions"][0]) == {
-            "id", "taskDefinitionId", "status", "startTime", "endTime", "attempts", "error", "resources"
+            "id",
+            "taskDefinitionId",
+            "status",
+            "startTime",
+            "endTime",
+            "attempts",
+            "error",
+            "resources",
         }
 
     async def test_unknown_definition_is_404(self, client, operator):
-        body = problem(await client.post("/api/executions", json={"workflowDefinitionId": "999"}, headers=operator), 404)
+        body = problem(
+            await client.post("/api/executions", json={"workflowDefinitionId": "999"}, headers=operator), 404
+        )
         assert "999" in body["detail"]
         assert (await client.get("/api/v2/executions", headers=operator)).json()["total"] == 0
 
     async def test_viewer_cannot_start(self, client, operator, viewer):
         definition_id = await define(client, operator, [{"name": "a"}])
-        problem(await client.post("/api/executions", json={"workflowDefinitionId": definition_id}, headers=viewer), 403)
+        problem(
+            await client.post(
+                "/api/executions", json={"workflowDefinitionId": definition_id}, headers=viewer
+            ),
+            403,
+        )
 
     @pytest.mark.parametrize(
         ("body", "pointer"),
@@ -112,7 +150,9 @@ class TestStartExecution:
         listed = (await client.get("/api/v2/executions", headers=operator)).json()
         assert listed["total"] == 1
         other = await client.post(
-            "/api/executions", json={"workflowDefinitionId": definition_id, "initialContext": {"n": 2}}, headers={**operator, **key}
+            "/api/executions",
+            json={"workflowDefinitionId": definition_id, "initialContext": {"n": 2}},
+            headers={**operator, **key},
         )
         assert "different request" in problem(other, 422)["detail"]
         await finished(client, operator, first["id"])
@@ -121,7 +161,10 @@ class TestStartExecution:
         definition_id = await define(client, operator, [{"name": "a"}])
         headers = {**operator, "Idempotency-Key": "burst"}
         responses = await asyncio.gather(
-            *(client.post("/api/executions", json={"workflowDefinitionId": definition_id}, headers=headers) for _ in range(5))
+            *(
+                client.post("/api/executions", json={"workflowDefinitionId": definition_id}, headers=headers)
+                for _ in range(5)
+            )
         )
         assert {r.status_code for r in responses} == {201}
         assert len({r.json()["id"] for r in responses}) == 1
@@ -136,7 +179,9 @@ class TestStartExecution:
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
                 headers = await login(client, "admin", ADMIN_PASSWORD)
                 definition_id = await define(client, headers, [{"name": "a"}])
-                response = await client.post("/api/executions", json={"workflowDefinitionId": definition_id}, headers=headers)
+                response = await client.post(
+                    "/api/executions", json={"workflowDefinitionId": definition_id}, headers=headers
+                )
                 assert "Temporal" in problem(response, 503)["detail"]
                 assert (await client.get("/api/v2/executions", headers=headers)).json()["total"] == 0
 
@@ -144,7 +189,11 @@ class TestStartExecution:
         definition_id = await define(client, operator, [{"name": "a"}])
         big = {"blob": "x" * (1024 * 1024)}
         result = problem(
-            await client.post("/api/executions", json={"workflowDefinitionId": definition_id, "initialContext": big}, headers=operator),
+            await client.post(
+                "/api/executions",
+                json={"workflowDefinitionId": definition_id, "initialContext": big},
+                headers=operator,
+            ),
             422,
         )
         assert result["errors"][0]["pointer"] == "#/initialContext"
@@ -169,7 +218,9 @@ class TestEngine:
         assert all(m["achieved"] and m["achievedAt"] for m in progress["milestones"])
         assert progress["completedTasks"] == progress["totalTasks"] == 7
 
-    async def test_failed_task_blocks_dependents_while_other_branches_go_on(self, client, operator, worker, loopback):
+    async def test_failed_task_blocks_dependents_while_other_branches_go_on(
+        self, client, operator, worker, loopback
+    ):
         loopback.route("/broken", status=404, json={"error": "nope"})
         tasks = [
             {"id": "call", "name": "call", "type": "http", "input": {"url": loopback.url_for("/broken")}},
@@ -186,7 +237,9 @@ class TestEngine:
         assert "404" in call["error"]
         assert call["resources"]["worker"] == "test-worker"
         assert task(final, "other2")["status"] == "COMPLETED"
-        assert all(t["taskDefinitionId"] != "after" for t in final["taskExecutions"]), "a blocked task never starts"
+        assert all(t["taskDefinitionId"] != "after" for t in final["taskExecutions"]), (
+            "a blocked task never starts"
+        )
         progress = (await client.get(f"/api/executions/{execution['id']}/progress", headers=operator)).json()
         assert progress["completedTasks"] == 2 and progress["totalTasks"] == 4
         assert len(progress["blockers"]) == 1
@@ -214,7 +267,9 @@ class TestEngine:
         assert len(loopback.requests_to("/flaky")) == 3
 
     async def test_unknown_task_type_fails_clearly_without_retries(self, client, operator, worker):
-        execution = await start(client, operator, await define(client, operator, [{"id": "t", "name": "t", "type": "teleport"}]))
+        execution = await start(
+            client, operator, await define(client, operator, [{"id": "t", "name": "t", "type": "teleport"}])
+        )
         final = await finished(client, operator, execution["id"])
         failed = task(final, "t")
         assert failed["status"] == "FAILED" and failed["attempts"] == 1
@@ -243,13 +298,22 @@ class TestEngine:
         assert loopback.requests_to("/orders/17")[0].json() == {"customer": "ACME"}
 
     async def test_python_task_runs_a_registered_function(self, client, operator, worker):
-        tasks = [{"id": "count", "name": "count", "type": "python", "input": {"function": "word_count", "text": "a b c\nd"}}]
+        tasks = [
+            {
+                "id": "count",
+                "name": "count",
+                "type": "python",
+                "input": {"function": "word_count", "text": "a b c\nd"},
+            }
+        ]
         execution = await start(client, operator, await define(client, operator, tasks))
         final = await finished(client, operator, execution["id"])
         assert final["status"] == "COMPLETED", final
         assert final["context"]["data"]["count-result"]["words"] == 4
 
-    async def test_task_routed_to_its_queue_records_where_it_ran(self, client, operator, worker, temporal_env, settings):
+    async def test_task_routed_to_its_queue_records_where_it_ran(
+        self, client, operator, worker, temporal_env, settings
+    ):
         requirements = {"gpu": 1, "memory": 512, "queue": f"{settings.default_task_queue}-gpu"}
         tasks = [{"id": "train", "name": "train", "resourceRequirements": requirements}]
         execution = await start(client, operator, await define(client, operator, tasks))
@@ -258,15 +322,35 @@ class TestEngine:
             client, operator, execution["id"], lambda p: p["blockers"], timeout=20, path="/progress"
         )
         assert "No worker polls task queue" in blocked["blockers"][0]["description"]
-        async with running_worker(temporal_env.client, settings, "--queue", requirements["queue"], "--gpu", "2", identity="gpu-worker"):
+        async with running_worker(
+            temporal_env.client,
+            settings,
+            "--queue",
+            requirements["queue"],
+            "--gpu",
+            "2",
+            identity="gpu-worker",
+        ):
             final = await finished(client, operator, execution["id"])
         assert final["status"] == "COMPLETED"
-        assert task(final, "train")["resources"] == {"worker": "gpu-worker", "queue": requirements["queue"], "requirements": {
-            "cpu": None, "memory": 512, "storage": None, "gpu": 1, "custom": None, "queue": requirements["queue"]}}
+        assert task(final, "train")["resources"] == {
+            "worker": "gpu-worker",
+            "queue": requirements["queue"],
+            "requirements": {
+                "cpu": None,
+                "memory": 512,
+                "storage": None,
+                "gpu": 1,
+                "custom": None,
+                "queue": requirements["queue"],
+            },
+        }
         progress = (await client.get(f"/api/executions/{execution['id']}/progress", headers=operator)).json()
         assert progress["blockers"][0]["resolvedAt"] is not None
 
-    async def test_operators_find_the_execution_in_temporal(self, client, operator, worker, temporal_env, settings):
+    async def test_operators_find_the_execution_in_temporal(
+        self, client, operator, worker, temporal_env, settings
+    ):
         definition_id = await define(client, operator, [{"name": "a"}])
         execution = await start(client, operator, definition_id)
         await finished(client, operator, execution["id"])
@@ -288,17 +372,25 @@ class TestListExecutions:
     async def test_filters_and_pagination(self, client, operator, viewer, worker, loopback):
         loopback.route("/bad", status=400, json={})
         ok = await define(client, operator, [{"name": "a"}])
-        bad = await define(client, operator, [{"name": "a", "type": "http", "input": {"url": loopback.url_for("/bad")}}])
-        ids = [(await start(client, operator, ok))["id"] for _ in range(3)] + [(await start(client, operator, bad))["id"]]
+        bad = await define(
+            client, operator, [{"name": "a", "type": "http", "input": {"url": loopback.url_for("/bad")}}]
+        )
+        ids = [(await start(client, operator, ok))["id"] for _ in range(3)] + [
+            (await start(client, operator, bad))["id"]
+        ]
         for execution_id in ids:
             await finished(client, operator, execution_id)
         listed = (await client.get("/api/executions", headers=viewer)).json()
         assert [e["id"] for e in listed] == list(reversed(ids)), "newest first"
         failed = (await client.get("/api/executions?status=FAILED", headers=viewer)).json()
         assert [e["id"] for e in failed] == [ids[3]]
-        of_ok = (await client.get(f"/api/v2/executions?workflowDefinitionId={ok}&limit=2", headers=viewer)).json()
+        of_ok = (
+            await client.get(f"/api/v2/executions?workflowDefinitionId={ok}&limit=2", headers=viewer)
+        ).json()
         assert of_ok["total"] == 3 and len(of_ok["items"]) == 2
-        assert (await client.get("/api/v2/executions?workflowDefinitionId=nope", headers=viewer)).json()["total"] == 0
+        assert (await client.get("/api/v2/executions?workflowDefinitionId=nope", headers=viewer)).json()[
+            "total"
+        ] == 0
         body = problem(await client.get("/api/executions?status=SLEEPING", headers=viewer), 422)
         assert body["errors"][0]["parameter"] == "status"
 
@@ -310,13 +402,21 @@ class TestTasksOfAnExecution:
         tasks.append({"id": "bad", "name": "bad", "type": "http", "input": {"url": loopback.url_for("/bad")}})
         execution = await start(client, operator, await define(client, operator, tasks))
         await finished(client, operator, execution["id"])
-        everything = (await client.get(f"/api/executions/{execution['id']}/tasks?limit=100", headers=operator)).json()
+        everything = (
+            await client.get(f"/api/executions/{execution['id']}/tasks?limit=100", headers=operator)
+        ).json()
         assert len(everything) == 5
-        failed = (await client.get(f"/api/executions/{execution['id']}/tasks?status=FAILED", headers=operator)).json()
+        failed = (
+            await client.get(f"/api/executions/{execution['id']}/tasks?status=FAILED", headers=operator)
+        ).json()
         assert [t["taskDefinitionId"] for t in failed] == ["bad"]
-        page = (await client.get(f"/api/v2/executions/{execution['id']}/tasks?limit=2&offset=1", headers=operator)).json()
+        page = (
+            await client.get(f"/api/v2/executions/{execution['id']}/tasks?limit=2&offset=1", headers=operator)
+        ).json()
         assert page["total"] == 5 and len(page["items"]) == 2
-        problem(await client.get(f"/api/executions/{execution['id']}/tasks?status=DONE", headers=operator), 422)
+        problem(
+            await client.get(f"/api/executions/{execution['id']}/tasks?status=DONE", headers=operator), 422
+        )
         problem(await client.get("/api/executions/424242/tasks", headers=operator), 404)
 
     async def test_unknown_execution_is_404(self, client, viewer, operator):
@@ -327,13 +427,21 @@ class TestTasksOfAnExecution:
 
 
 class TestRetryTask:
-    async def test_reopens_a_failed_execution_and_never_reruns_completed_tasks(self, client, operator, worker, loopback):
+    async def test_reopens_a_failed_execution_and_never_reruns_completed_tasks(
+        self, client, operator, worker, loopback
+    ):
         loopback.route("/once", json={"n": 1})
         loopback.route("/flaky", status=[500, 200], json={"ok": True})
         tasks = [
             {"id": "first", "name": "first", "type": "http", "input": {"url": loopback.url_for("/once")}},
-            {"id": "call", "name": "call", "type": "http", "dependencies": ["first"], "input": {"url": loopback.url_for("/flaky")},
-             "retryPolicy": {"maxAttempts": 1}},
+            {
+                "id": "call",
+                "name": "call",
+                "type": "http",
+                "dependencies": ["first"],
+                "input": {"url": loopback.url_for("/flaky")},
+                "retryPolicy": {"maxAttempts": 1},
+            },
             {"id": "after", "name": "after", "dependencies": ["call"]},
         ]
         execution = await start(client, operator, await define(client, operator, tasks))
@@ -360,21 +468,38 @@ class TestRetryTask:
     async def test_retries_in_place_while_other_branches_run(self, client, operator, worker, loopback):
         loopback.route("/flaky", status=[500, 200], json={"ok": True})
         tasks = [
-            {"id": "call", "name": "call", "type": "http", "input": {"url": loopback.url_for("/flaky")}, "retryPolicy": {"maxAttempts": 1}},
+            {
+                "id": "call",
+                "name": "call",
+                "type": "http",
+                "input": {"url": loopback.url_for("/flaky")},
+                "retryPolicy": {"maxAttempts": 1},
+            },
             {"id": "after", "name": "after", "dependencies": ["call"]},
             {"id": "gate", "name": "gate", "type": "approval"},
         ]
         execution = await start(client, operator, await define(client, operator, tasks))
         running = await wait_for(
-            client, operator, execution["id"], lambda b: any(t["status"] == "FAILED" for t in b["taskExecutions"])
+            client,
+            operator,
+            execution["id"],
+            lambda b: any(t["status"] == "FAILED" for t in b["taskExecutions"]),
         )
         assert running["status"] == "RUNNING"
         call = task(running, "call")
         retried = (await client.post(f"/api/tasks/{call['id']}/retry", headers=operator)).json()
         assert retried["attempts"] == 2
-        await wait_for(client, operator, execution["id"], lambda b: any(
-            t["taskDefinitionId"] == "after" and t["status"] == "COMPLETED" for t in b["taskExecutions"]))
-        gate = task((await client.get(f"/api/v2/executions/{execution['id']}", headers=operator)).json(), "gate")
+        await wait_for(
+            client,
+            operator,
+            execution["id"],
+            lambda b: any(
+                t["taskDefinitionId"] == "after" and t["status"] == "COMPLETED" for t in b["taskExecutions"]
+            ),
+        )
+        gate = task(
+            (await client.get(f"/api/v2/executions/{execution['id']}", headers=operator)).json(), "gate"
+        )
         await client.post(f"/api/tasks/{gate['id']}/complete", json={"output": "ok"}, headers=operator)
         final = await finished(client, operator, execution["id"])
         assert final["status"] == "COMPLETED"
@@ -394,12 +519,24 @@ class TestCancelExecution:
         loopback.route("/slow", delay=60, json={})
         tasks = [
             {"id": "done", "name": "done"},
-            {"id": "slow", "name": "slow", "type": "http", "dependencies": ["done"], "input": {"url": loopback.url_for("/slow")}},
+            {
+                "id": "slow",
+                "name": "slow",
+                "type": "http",
+                "dependencies": ["done"],
+                "input": {"url": loopback.url_for("/slow")},
+            },
             {"id": "never", "name": "never", "dependencies": ["slow"]},
         ]
         execution = await start(client, operator, await define(client, operator, tasks))
-        await wait_for(client, operator, execution["id"], lambda b: any(
-            t["taskDefinitionId"] == "slow" and t["status"] == "RUNNING" for t in b["taskExecutions"]))
+        await wait_for(
+            client,
+            operator,
+            execution["id"],
+            lambda b: any(
+                t["taskDefinitionId"] == "slow" and t["status"] == "RUNNING" for t in b["taskExecutions"]
+            ),
+        )
         await loopback.wait_for_requests_async(1, "/slow")
         response = await client.post(f"/api/executions/{execution['id']}/cancel", headers=operator)
         assert response.status_code == 200, response.text
@@ -419,14 +556,22 @@ class TestCancelExecution:
             {"id": "gate", "name": "gate", "type": "approval"},
         ]
         execution = await start(client, operator, await define(client, operator, tasks))
-        running = await wait_for(client, operator, execution["id"], lambda b: any(t["status"] == "FAILED" for t in b["taskExecutions"]))
+        running = await wait_for(
+            client,
+            operator,
+            execution["id"],
+            lambda b: any(t["status"] == "FAILED" for t in b["taskExecutions"]),
+        )
         await client.post(f"/api/executions/{execution['id']}/cancel", headers=operator)
         problem(await client.post(f"/api/tasks/{task(running, 'bad')['id']}/retry", headers=operator), 409)
 
 
 class TestApproval:
     async def test_complete_with_output(self, client, operator, viewer, worker):
-        tasks = [{"id": "ok", "name": "ok", "type": "approval"}, {"id": "next", "name": "next", "dependencies": ["ok"]}]
+        tasks = [
+            {"id": "ok", "name": "ok", "type": "approval"},
+            {"id": "next", "name": "next", "dependencies": ["ok"]},
+        ]
         execution = await start(client, operator, await define(client, operator, tasks))
         waiting = await wait_for(client, operator, execution["id"], lambda b: bool(b["taskExecutions"]))
         approval = task(waiting, "ok")
@@ -434,8 +579,13 @@ class TestApproval:
         progress = (await client.get(f"/api/executions/{execution['id']}/progress", headers=operator)).json()
         assert progress["blockers"][0]["taskExecutionId"] == approval["id"]
         assert "approval" in progress["blockers"][0]["description"]
-        problem(await client.post(f"/api/tasks/{approval['id']}/complete", json={"output": 1}, headers=viewer), 403)
-        response = await client.post(f"/api/tasks/{approval['id']}/complete", json={"output": {"by": "olivia"}}, headers=operator)
+        problem(
+            await client.post(f"/api/tasks/{approval['id']}/complete", json={"output": 1}, headers=viewer),
+            403,
+        )
+        response = await client.post(
+            f"/api/tasks/{approval['id']}/complete", json={"output": {"by": "olivia"}}, headers=operator
+        )
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "COMPLETED"
         final = await finished(client, operator, execution["id"])
@@ -444,7 +594,9 @@ class TestApproval:
         problem(await client.post(f"/api/tasks/{approval['id']}/complete", json={}, headers=operator), 409)
 
     async def test_reject_fails_the_task(self, client, operator, worker):
-        execution = await start(client, operator, await define(client, operator, [{"id": "ok", "name": "ok", "type": "approval"}]))
+        execution = await start(
+            client, operator, await define(client, operator, [{"id": "ok", "name": "ok", "type": "approval"}])
+        )
         waiting = await wait_for(client, operator, execution["id"], lambda b: bool(b["taskExecutions"]))
         response = await client.post(
             f"/api/tasks/{task(waiting, 'ok')['id']}/reject", json={"reason": "budget"}, headers=operator
@@ -455,7 +607,12 @@ class TestApproval:
     async def test_only_waiting_approvals_take_a_decision(self, client, operator, worker):
         execution = await start(client, operator, await define(client, operator, [{"id": "n", "name": "n"}]))
         final = await finished(client, operator, execution["id"])
-        problem(await client.post(f"/api/tasks/{task(final, 'n')['id']}/complete", json={"output": 1}, headers=operator), 409)
+        problem(
+            await client.post(
+                f"/api/tasks/{task(final, 'n')['id']}/complete", json={"output": 1}, headers=operator
+            ),
+            409,
+        )
 
 
 class TestSleep:
@@ -472,7 +629,10 @@ class TestSleep:
 
 class TestProgress:
     async def test_estimate_from_earlier_executions(self, client, operator, worker):
-        tasks = [{"id": "nap", "name": "nap", "type": "sleep", "input": {"seconds": 1}}, {"id": "b", "name": "b", "dependencies": ["nap"]}]
+        tasks = [
+            {"id": "nap", "name": "nap", "type": "sleep", "input": {"seconds": 1}},
+            {"id": "b", "name": "b", "dependencies": ["nap"]},
+        ]
         definition_id = await define(client, operator, tasks)
         first = await start(client, operator, definition_id)
         progress = (await client.get(f"/api/executions/{first['id']}/progress", headers=operator)).json()
@@ -507,11 +667,18 @@ class TestContextLimit:
     def settings(self, engine_settings):
         return engine_settings.model_copy(update={"max_context_bytes": 2048})
 
-    async def test_a_result_that_would_overgrow_the_context_fails_its_task(self, client, operator, worker, loopback):
+    async def test_a_result_that_would_overgrow_the_context_fails_its_task(
+        self, client, operator, worker, loopback
+    ):
         loopback.route("/chunk", text="y" * 800)
         tasks = [
-            {"id": f"c{i}", "name": f"c{i}", "type": "http", "input": {"url": loopback.url_for("/chunk"), "responseHeaders": []},
-             "dependencies": [f"c{i - 1}"] if i else []}
+            {
+                "id": f"c{i}",
+                "name": f"c{i}",
+                "type": "http",
+                "input": {"url": loopback.url_for("/chunk"), "responseHeaders": []},
+                "dependencies": [f"c{i - 1}"] if i else [],
+            }
             for i in range(3)
         ]
         execution = await start(client, operator, await define(client, operator, tasks))

@@ -23,7 +23,9 @@ from tests.graphql_client import bearer, data_of, error_of, expired_token, forei
 
 @pytest.fixture
 def settings(engine_settings):
-    return engine_settings
+    # GraphiQL and introspection, as in dev mode: outside it both are off unless switched on
+    # (tests/test_hardening_graphql.py checks that default).
+    return engine_settings.model_copy(update={"graphql_introspection": True, "api_docs": True})
 
 
 # --- the API reference's documents, verbatim ------------------------------------------------
@@ -401,7 +403,6 @@ class TestGraphiQL:
 
 
 # --- 1. the rest of the schema ------------------------------------------------------------------
-
 
 
 class TestMe:
@@ -847,7 +848,10 @@ MUTATIONS = {
         "definition",
     ),
     "cancelWorkflowExecution": ("mutation($id: ID!) { cancelWorkflowExecution(id: $id) { id } }", "unknown"),
-    "reconcileWorkflowExecution": ("mutation($id: ID!) { reconcileWorkflowExecution(id: $id) { id } }", "unknown"),
+    "reconcileWorkflowExecution": (
+        "mutation($id: ID!) { reconcileWorkflowExecution(id: $id) { id } }",
+        "unknown",
+    ),
     "retryTaskExecution": ("mutation($id: ID!) { retryTaskExecution(id: $id) { id } }", "unknown"),
     "completeTask": ("mutation($id: ID!) { completeTask(id: $id, output: 1) { id } }", "unknown"),
     "rejectTask": ('mutation($id: ID!) { rejectTask(id: $id, reason: "x") { id } }', "unknown"),
@@ -963,11 +967,14 @@ class TestDefaultProtection:
         cheap = costly.replace("limit: 100", "limit: 5")
         assert data_of(await gql(client, cheap, headers=viewer)) == {"workflowExecutions": {"items": []}}
 
-    async def test_a_variable_limit_counts_as_the_largest_page(self, client, viewer):
-        costly = """query($n: Int!) { workflowExecutions(limit: $n) { items {
+    async def test_a_variable_limit_counts_as_its_value(self, client, viewer):
+        costly = """query($n: Int) { workflowExecutions(limit: $n) { items {
             taskExecutions { id status attempts error }
             workflowDefinition { tasks { id name dependencies } synchronizationPoints { id name requiredTasks } } } } }"""
-        error_of(await gql(client, costly, {"n": 1}, viewer), "QUERY_TOO_COMPLEX")
+        error_of(await gql(client, costly, {"n": 100}, viewer), "QUERY_TOO_COMPLEX")
+        assert data_of(await gql(client, costly, {"n": 5}, viewer)) == {"workflowExecutions": {"items": []}}
+        # A variable not sent (or not a number) counts as the largest page.
+        error_of(await gql(client, costly, {}, viewer), "QUERY_TOO_COMPLEX")
 
     async def test_fragments_are_counted(self, client, viewer):
         query = """
@@ -1016,7 +1023,7 @@ class TestDefaultProtection:
             "UNAUTHENTICATED",
         ]
 
-    async def test_introspection_is_on_by_default(self, client, viewer):
+    async def test_introspection_answers_when_on(self, client, viewer):
         data = data_of(
             await gql(
                 client,
@@ -1037,6 +1044,9 @@ class TestConfiguredProtection:
                 "graphql_max_cost": 50,
                 "graphql_max_batch": 2,
                 "graphql_introspection": False,
+                "api_docs": True,
+                # Lists without a limit are priced at this many items.
+                "max_tasks": 1,
             }
         )
 

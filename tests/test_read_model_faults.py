@@ -88,7 +88,8 @@ def event_kinds(settings: Settings, execution_id: str) -> list[str]:
     try:
         with engine.connect() as conn:
             rows = conn.execute(
-                sa.text("SELECT type FROM execution_events WHERE execution_id = :id ORDER BY seq"), {"id": int(execution_id)}
+                sa.text("SELECT type FROM execution_events WHERE execution_id = :id ORDER BY seq"),
+                {"id": int(execution_id)},
             )
             return [kind for (kind,) in rows]
     finally:
@@ -109,7 +110,8 @@ class TestTasksStartOnlyOnceShown:
             task_id = request.path.rsplit("/", 1)[1]
             with engine.connect() as conn:
                 status = conn.execute(
-                    sa.text("SELECT status FROM task_executions WHERE task_definition_id = :t"), {"t": task_id}
+                    sa.text("SELECT status FROM task_executions WHERE task_definition_id = :t"),
+                    {"t": task_id},
                 ).scalar()
             with lock:
                 seen[task_id] = status
@@ -120,9 +122,20 @@ class TestTasksStartOnlyOnceShown:
             loopback.route(f"/look/{task_id}", handler=look)
 
         def http(task_id: str, deps: list[str]) -> dict[str, Any]:
-            return {"id": task_id, "name": task_id, "type": "http", "dependencies": deps, "input": {"url": loopback.url_for(f"/look/{task_id}")}}
+            return {
+                "id": task_id,
+                "name": task_id,
+                "type": "http",
+                "dependencies": deps,
+                "input": {"url": loopback.url_for(f"/look/{task_id}")},
+            }
 
-        tasks = [http("a", []), http("b", ["a"]), *(http(f"f{i}", ["b"]) for i in range(6)), http("z", [f"f{i}" for i in range(6)])]
+        tasks = [
+            http("a", []),
+            http("b", ["a"]),
+            *(http(f"f{i}", ["b"]) for i in range(6)),
+            http("z", [f"f{i}" for i in range(6)]),
+        ]
         try:
             async with running_worker(temporal_env.client, settings):
                 definition = await api.define("shown-first", tasks)
@@ -144,16 +157,22 @@ class TestInspectionRefused:
         gate = threading.Event()
         loopback.route("/slow", handler=gated(gate, Reply(json={"done": True})))
         host, port = settings.temporal_address.rsplit(":", 1)
-        async with TcpProxy(host, int(port)) as proxy, running_worker_set(temporal_env.client, settings) as worker_set:
+        async with (
+            TcpProxy(host, int(port)) as proxy,
+            running_worker_set(temporal_env.client, settings) as worker_set,
+        ):
             assert worker_set.system is not None
             worker_set.system.client = await Client.connect(proxy.address)
             definition = await api.define(
-                "inspection-refused", [{"id": "slow", "name": "slow", "type": "http", "input": {"url": loopback.url_for("/slow")}}]
+                "inspection-refused",
+                [{"id": "slow", "name": "slow", "type": "http", "input": {"url": loopback.url_for("/slow")}}],
             )
             execution = await api.start(definition)
             await loopback.wait_for_requests_async(1, "/slow", timeout=30)
             proxy.mode = Mode.LOSE_EVERYTHING
-            handle = temporal_env.client.get_workflow_handle(workflow_id(settings.workflow_id_prefix, definition, execution["id"]))
+            handle = temporal_env.client.get_workflow_handle(
+                workflow_id(settings.workflow_id_prefix, definition, execution["id"])
+            )
             began = time.monotonic()
             while True:  # an inspection is due 1 s after the start; it fails after two attempts
                 history = await handle.fetch_history()
@@ -184,7 +203,11 @@ class TestCancelRacingTheEnd:
         }
         async with running_worker(temporal_env.client, settings):
             definition = await api.define(
-                "race", [{"id": "work", "name": "work"}, {"id": "gate", "name": "gate", "type": "approval", "dependencies": ["work"]}]
+                "race",
+                [
+                    {"id": "work", "name": "work"},
+                    {"id": "gate", "name": "gate", "type": "approval", "dependencies": ["work"]},
+                ],
             )
             outcomes = []
             for round_ in range(6):
@@ -192,7 +215,9 @@ class TestCancelRacingTheEnd:
                 waiting = await api.wait_task(execution["id"], "gate", ["WAITING"], timeout=30)
                 gate = task_of(waiting, "gate")
                 assert gate is not None
-                decide = api.http.post(f"/api/tasks/{gate['id']}/complete", json={"output": round_}, headers=api.headers)
+                decide = api.http.post(
+                    f"/api/tasks/{gate['id']}/complete", json={"output": round_}, headers=api.headers
+                )
                 cancel = api.cancel(execution["id"])
                 calls = [decide, cancel] if round_ % 2 else [cancel, decide]
                 await asyncio.gather(*calls)
@@ -204,8 +229,14 @@ class TestCancelRacingTheEnd:
                 assert closed in closing, closed
                 assert final["status"] == closing[closed], (final, closed)
                 kinds = event_kinds(settings, execution["id"])
-                terminal = [k for k in kinds if k.startswith("workflow.execution.") and k != "workflow.execution.started"]
-                assert terminal == [kinds[-1]] and kinds[-1] == f"workflow.execution.{final['status'].lower()}", kinds
+                terminal = [
+                    k
+                    for k in kinds
+                    if k.startswith("workflow.execution.") and k != "workflow.execution.started"
+                ]
+                assert (
+                    terminal == [kinds[-1]] and kinds[-1] == f"workflow.execution.{final['status'].lower()}"
+                ), kinds
                 assert all(t["status"] in ("COMPLETED", "CANCELLED") for t in final["taskExecutions"]), final
                 outcomes.append(final["status"])
         assert set(outcomes) <= {"COMPLETED", "CANCELLED"}
@@ -220,7 +251,13 @@ class TestLargeContexts:
         over Temporal's 50 MB limit (it terminates such a run). The run hands over by size instead,
         and the execution completes as one, in a few runs."""
         tasks = [
-            {"id": f"t{i}", "name": f"t{i}", "type": "python", "input": {"function": "tests.readmodel.context_size"}, "dependencies": [f"t{i - 1}"] if i else []}
+            {
+                "id": f"t{i}",
+                "name": f"t{i}",
+                "type": "python",
+                "input": {"function": "tests.readmodel.context_size"},
+                "dependencies": [f"t{i - 1}"] if i else [],
+            }
             for i in range(60)
         ]
         async with running_worker(temporal_env.client, settings):
@@ -228,8 +265,13 @@ class TestLargeContexts:
             execution = await api.start(definition, {"blob": incompressible_text(900_000)})
             final = await api.wait_status(execution["id"], timeout=240)
         assert final["status"] == "COMPLETED", final["error"]
-        assert all(t["status"] == "COMPLETED" for t in final["taskExecutions"]) and len(final["taskExecutions"]) == 60
-        runs = await runs_of(temporal_env, workflow_id(settings.workflow_id_prefix, definition, execution["id"]))
+        assert (
+            all(t["status"] == "COMPLETED" for t in final["taskExecutions"])
+            and len(final["taskExecutions"]) == 60
+        )
+        runs = await runs_of(
+            temporal_env, workflow_id(settings.workflow_id_prefix, definition, execution["id"])
+        )
         assert len(runs) >= 3, [r.status for r in runs]
         for run in runs:
             description = await temporal_env.client.get_workflow_handle(run.id, run_id=run.run_id).describe()
@@ -242,7 +284,13 @@ class TestLargeContexts:
         """Twelve python tasks ready at once, each with the 900 KB context as input: 10.8 MB, more
         than Temporal takes in one workflow-task completion (4 MB). They start a few at a time."""
         tasks = [{"id": "first", "name": "first"}] + [
-            {"id": f"w{i}", "name": f"w{i}", "type": "python", "input": {"function": "tests.readmodel.context_size"}, "dependencies": ["first"]}
+            {
+                "id": f"w{i}",
+                "name": f"w{i}",
+                "type": "python",
+                "input": {"function": "tests.readmodel.context_size"},
+                "dependencies": ["first"],
+            }
             for i in range(12)
         ]
         async with running_worker(temporal_env.client, settings):
@@ -263,8 +311,20 @@ class TestPoisonData:
         """A result holding \\u0000 fails its task, saying why; an error message holding it is kept
         with the character replaced. Same answer on SQLite and PostgreSQL, and the execution ends."""
         tasks = [
-            {"id": "result", "name": "result", "type": "python", "input": {"function": "tests.readmodel.nul_result"}, "retryPolicy": {"maxAttempts": 1}},
-            {"id": "error", "name": "error", "type": "python", "input": {"function": "tests.readmodel.nul_error"}, "retryPolicy": {"maxAttempts": 1}},
+            {
+                "id": "result",
+                "name": "result",
+                "type": "python",
+                "input": {"function": "tests.readmodel.nul_result"},
+                "retryPolicy": {"maxAttempts": 1},
+            },
+            {
+                "id": "error",
+                "name": "error",
+                "type": "python",
+                "input": {"function": "tests.readmodel.nul_error"},
+                "retryPolicy": {"maxAttempts": 1},
+            },
             {"id": "fine", "name": "fine"},
             {"id": "after", "name": "after", "dependencies": ["result"]},
         ]
@@ -290,7 +350,13 @@ class TestReopen:
         was over Temporal's 2 MB and answered 422), and the retried task completes."""
         loopback.route("/flaky", status=[500, 200])
         tasks = [
-            {"id": "call", "name": "call", "type": "http", "input": {"url": loopback.url_for("/flaky")}, "retryPolicy": {"maxAttempts": 1}},
+            {
+                "id": "call",
+                "name": "call",
+                "type": "http",
+                "input": {"url": loopback.url_for("/flaky")},
+                "retryPolicy": {"maxAttempts": 1},
+            },
             {"id": "after", "name": "after", "dependencies": ["call"]},
         ]
         async with running_worker(temporal_env.client, settings):
@@ -315,8 +381,20 @@ class TestReopen:
         loopback.route("/one", status=[500, 200])
         loopback.route("/two", status=[500, 200])
         tasks = [
-            {"id": "one", "name": "one", "type": "http", "input": {"url": loopback.url_for("/one")}, "retryPolicy": {"maxAttempts": 1}},
-            {"id": "two", "name": "two", "type": "http", "input": {"url": loopback.url_for("/two")}, "retryPolicy": {"maxAttempts": 1}},
+            {
+                "id": "one",
+                "name": "one",
+                "type": "http",
+                "input": {"url": loopback.url_for("/one")},
+                "retryPolicy": {"maxAttempts": 1},
+            },
+            {
+                "id": "two",
+                "name": "two",
+                "type": "http",
+                "input": {"url": loopback.url_for("/two")},
+                "retryPolicy": {"maxAttempts": 1},
+            },
             {"id": "after", "name": "after", "dependencies": ["gate"]},
         ]
         sync = [{"id": "gate", "name": "Gate", "requiredTasks": ["one"], "timeout": 3}]
@@ -333,11 +411,18 @@ class TestReopen:
             response = await api.http.post(f"/api/tasks/{one['id']}/retry", headers=api.headers)
             assert response.status_code == 200, response.text
             again = await api.wait_for(
-                execution["id"], lambda b: (task_of(b, "after") or {}).get("status") == "COMPLETED" or b["status"] != "RUNNING", "after done", 30
+                execution["id"],
+                lambda b: (
+                    (task_of(b, "after") or {}).get("status") == "COMPLETED" or b["status"] != "RUNNING"
+                ),
+                "after done",
+                30,
             )
             assert (task_of(again, "after") or {}).get("status") == "COMPLETED", again
             progress = await api.progress(execution["id"])
-            assert [m["achievedAt"] is not None for m in progress["milestones"] if m["name"] == "Gate"] == [True]
+            assert [m["achievedAt"] is not None for m in progress["milestones"] if m["name"] == "Gate"] == [
+                True
+            ]
             failed_again = await api.wait_status(execution["id"], timeout=30)
             assert failed_again["status"] == "FAILED", "task two is still failed"
             two = task_of(failed_again, "two")

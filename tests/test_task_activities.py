@@ -152,8 +152,6 @@ def python_task(function: str, context: dict[str, Any] | None = None, **input: A
     return make_task("python", {"function": function, **input}, context=context or {})
 
 
-
-
 @pytest.fixture(autouse=True)
 def worker_settings() -> Iterator[None]:
     """A known worker identity, and unlimited capacity again after each test."""
@@ -288,7 +286,11 @@ class TestHttpTask:
     async def test_too_many_redirects_fail(self, loopback: LoopbackServer) -> None:
         loopback.route("/loop", status=302, headers={"Location": "/loop"})
         error = await fail(http_task(loopback.url_for("/loop"), followRedirects=3))
-        assert error.type == "DestinationRefused" and error.non_retryable and "more than 3 redirects" in error.message
+        assert (
+            error.type == "DestinationRefused"
+            and error.non_retryable
+            and "more than 3 redirects" in error.message
+        )
         assert len(loopback.requests_to("/loop")) == 4
 
     async def test_server_error_is_retryable(self, loopback: LoopbackServer) -> None:

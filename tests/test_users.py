@@ -657,11 +657,15 @@ def json_values(body: Any) -> list[str]:
 
 
 class TestLastAdminUnderConcurrency:
-    async def test_two_admins_demoting_each_other_at_once_leave_one_admin(self, client: httpx.AsyncClient, admin):
+    async def test_two_admins_demoting_each_other_at_once_leave_one_admin(
+        self, client: httpx.AsyncClient, admin
+    ):
         import asyncio
 
         created = await client.post(
-            "/api/users", json={"username": "second", "password": "second-password-1", "role": "admin"}, headers=admin
+            "/api/users",
+            json={"username": "second", "password": "second-password-1", "role": "admin"},
+            headers=admin,
         )
         second = await login(client, "second", "second-password-1")
         me = (await client.get("/api/auth/me", headers=admin)).json()
@@ -671,7 +675,9 @@ class TestLastAdminUnderConcurrency:
         )
         statuses = sorted(r.status_code for r in results)
         assert statuses in ([200, 409], [200, 401]), [r.text for r in results]
-        users = (await client.post("/api/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})).json()
+        users = (
+            await client.post("/api/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
+        ).json()
         fresh = {"Authorization": f"Bearer {users['accessToken']}"}
         second_fresh = await login(client, "second", "second-password-1")
         roles = []

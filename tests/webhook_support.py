@@ -9,6 +9,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import threading
 import time
@@ -51,14 +52,19 @@ def receiver_key(secret: str) -> bytes:
 
 
 def expected_signature(secret: str, request: RecordedRequest) -> str:
-    signed = f"{request.headers['webhook-id']}.{request.headers['webhook-timestamp']}.".encode() + request.body
+    signed = (
+        f"{request.headers['webhook-id']}.{request.headers['webhook-timestamp']}.".encode() + request.body
+    )
     return "v1," + base64.b64encode(hmac.new(receiver_key(secret), signed, hashlib.sha256).digest()).decode()
 
 
 def verify_signature(secret: str, request: RecordedRequest) -> bool:
     """Any of the space-separated `v1,` signatures matching HMAC-SHA256(id.timestamp.body) is enough."""
     expected = expected_signature(secret, request).encode()
-    return any(hmac.compare_digest(expected, s.encode()) for s in request.headers.get("webhook-signature", "").split())
+    return any(
+        hmac.compare_digest(expected, s.encode())
+        for s in request.headers.get("webhook-signature", "").split()
+    )
 
 
 # --- a receiver that can come back on the same port ------------------------------------------------
@@ -75,7 +81,9 @@ class ReceiverOnPort(LoopbackServer):
         server = _Server((self.host, self._wanted_port), _RequestHandler)
         server.owner = self
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -106,7 +114,9 @@ async def webhook(client: httpx.AsyncClient, headers: dict[str, str], webhook_id
     return response.json()
 
 
-async def deliveries(client: httpx.AsyncClient, headers: dict[str, str], webhook_id: str, **params: Any) -> list[dict[str, Any]]:
+async def deliveries(
+    client: httpx.AsyncClient, headers: dict[str, str], webhook_id: str, **params: Any
+) -> list[dict[str, Any]]:
     """The delivery log (v2, up to 100 entries, newest first)."""
     response = await client.get(
         f"/api/v2/webhooks/{webhook_id}/deliveries", params={"limit": 100, **params}, headers=headers
@@ -131,7 +141,9 @@ async def wait_deliveries(
         if predicate(items):
             return items
         await asyncio.sleep(0.05)
-    raise AssertionError(f"webhook {webhook_id}: {what} not seen within {timeout}s; log: {json.dumps(items, indent=1)}")
+    raise AssertionError(
+        f"webhook {webhook_id}: {what} not seen within {timeout}s; log: {json.dumps(items, indent=1)}"
+    )
 
 
 async def wait_all_delivered(
@@ -148,7 +160,10 @@ async def wait_all_delivered(
 
 
 async def define(
-    client: httpx.AsyncClient, headers: dict[str, str], tasks: list[dict[str, Any]], sync_points: list[dict[str, Any]] | None = None
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    tasks: list[dict[str, Any]],
+    sync_points: list[dict[str, Any]] | None = None,
 ) -> str:
     body = {"name": "webhook-test", "tasks": tasks, "synchronizationPoints": sync_points or []}
     response = await client.post("/api/workflows", json=body, headers=headers)
@@ -157,14 +172,18 @@ async def define(
 
 
 async def start(client: httpx.AsyncClient, headers: dict[str, str], definition_id: str) -> dict[str, Any]:
-    response = await client.post("/api/v2/executions", json={"workflowDefinitionId": definition_id}, headers=headers)
+    response = await client.post(
+        "/api/v2/executions", json={"workflowDefinitionId": definition_id}, headers=headers
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
 
 async def run_noop(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
     """Start an execution of one noop task; returns its id (it completes at once)."""
-    return (await start(client, headers, await define(client, headers, [{"id": "only", "name": "only"}])))["id"]
+    return (await start(client, headers, await define(client, headers, [{"id": "only", "name": "only"}])))[
+        "id"
+    ]
 
 
 async def wait_execution(
@@ -182,7 +201,9 @@ async def wait_execution(
         if predicate(body):
             return body
         await asyncio.sleep(0.05)
-    raise AssertionError(f"execution {execution_id}: {what} not seen within {timeout}s; last: {json.dumps(body, indent=1)}")
+    raise AssertionError(
+        f"execution {execution_id}: {what} not seen within {timeout}s; last: {json.dumps(body, indent=1)}"
+    )
 
 
 def task_of(execution: dict[str, Any], task_id: str) -> dict[str, Any] | None:
@@ -199,4 +220,4 @@ def by_message(requests: Iterable[RecordedRequest]) -> dict[str, list[RecordedRe
 
 def gaps(requests: list[RecordedRequest]) -> list[float]:
     """Seconds between consecutive requests."""
-    return [b.received_at - a.received_at for a, b in zip(requests, requests[1:], strict=False)]
+    return [b.received_at - a.received_at for a, b in itertools.pairwise(requests)]

@@ -45,7 +45,9 @@ class WebhookDeliveryWorkflow:
             )
             return "DELIVERED"
         except ActivityError as err:
-            reason = str(err.cause.message if err.cause is not None and hasattr(err.cause, "message") else err)
+            reason = str(
+                err.cause.message if err.cause is not None and hasattr(err.cause, "message") else err
+            )
             await workflow.execute_activity(
                 GIVE_UP_ACTIVITY,
                 DeliveryGiveUp(input.delivery_id, reason or "the retry period is over"),

@@ -55,6 +55,8 @@ def emit(execution_id: str, event: Event) -> None:
     """The workflow's side: hand over one event of the running activation."""
     collected: Collected | None = getattr(_local, "collected", None)
     if collected is None:
-        raise NoPublisher("this worker runs the interpreter without a read model runner (see worker.py WorkerSet)")
+        raise NoPublisher(
+            "this worker runs the interpreter without a read model runner (see worker.py WorkerSet)"
+        )
     collected.execution_id = execution_id
     collected.events.append(event)

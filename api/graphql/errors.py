@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.exceptions import InvalidOperationTypeError
 
 from api import errors
 
@@ -50,7 +51,14 @@ class ProblemErrors(SchemaExtension):
         if original is None:
             # A GraphQL-level problem (syntax, unknown field, limits): the client's mistake.
             extensions = {"code": "GRAPHQL_VALIDATION_FAILED", **(error.extensions or {})}
-            return GraphQLError(error.message, nodes=error.nodes, source=error.source, positions=error.positions, path=error.path, extensions=extensions)
+            return GraphQLError(
+                error.message,
+                nodes=error.nodes,
+                source=error.source,
+                positions=error.positions,
+                path=error.path,
+                extensions=extensions,
+            )
         if isinstance(original, errors.AppError):
             extensions: dict[str, object] = {"code": code_of(original), "status": original.status}
             if original.extensions.get("errors"):
@@ -60,7 +68,19 @@ class ProblemErrors(SchemaExtension):
             return GraphQLError(original.detail, nodes=error.nodes, path=error.path, extensions=extensions)
         if isinstance(original, GraphQLError):
             return original
+        if isinstance(original, InvalidOperationTypeError):
+            # The legacy graphql-ws protocol carries subscriptions only (strawberry refuses the rest).
+            message = (
+                f"this transport does not carry {original.operation_type.value} operations; "
+                "send queries and mutations over HTTP or graphql-transport-ws"
+            )
+            return GraphQLError(
+                message, nodes=error.nodes, path=error.path, extensions={"code": "BAD_REQUEST", "status": 400}
+            )
         log.error("unhandled error in GraphQL %s", error.path, exc_info=original)
         return GraphQLError(
-            "An unexpected error occurred.", nodes=error.nodes, path=error.path, extensions={"code": "INTERNAL_SERVER_ERROR"}
+            "An unexpected error occurred.",
+            nodes=error.nodes,
+            path=error.path,
+            extensions={"code": "INTERNAL_SERVER_ERROR"},
         )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
+from pydantic import StringConstraints
 from strawberry import Info
 
 from api.errors import InvalidInput
@@ -26,8 +27,9 @@ from api.graphql.types import (
     WorkflowExecution,
     payload,
 )
+from api.models.base import RequestModel
 from api.models.definitions import DefinitionIn
-from api.models.executions import ExecutionCreate
+from api.models.executions import ExecutionCreate, TaskRejection
 from api.models.users import Role
 from api.models.webhooks import WebhookCreate, WebhookTest, WebhookUpdate
 from api.problems import parse_body
@@ -45,6 +47,12 @@ def _context_object(value: Any) -> Any:
                 [{"pointer": "#/initialContext", "detail": f"Not valid JSON: {exc}"}],
             ) from exc
     return value
+
+
+class IdempotencyKeyIn(RequestModel):
+    """GraphQL's `idempotencyKey` input field, bounded as REST's Idempotency-Key header is."""
+
+    idempotency_key: Annotated[str, StringConstraints(max_length=255)] | None = None
 
 
 @strawberry.type
@@ -80,7 +88,9 @@ class Mutation:
     ) -> WorkflowExecution:
         user = await info.context.principal(Role.OPERATOR)
         raw = payload(input)
-        key = raw.pop("idempotencyKey", None)
+        key = parse_body(
+            IdempotencyKeyIn, {"idempotencyKey": raw.pop("idempotencyKey", None)}
+        ).idempotency_key
         if "initialContext" in raw:
             raw["initialContext"] = _context_object(raw["initialContext"])
         data = parse_body(ExecutionCreate, raw)
@@ -89,14 +99,20 @@ class Mutation:
         return WorkflowExecution.of(detail.row, detail.tasks)
 
     @strawberry.mutation(description="Cancel a running execution; answers with its cancelled state.")
-    async def cancel_workflow_execution(self, info: Info[Context, None], id: strawberry.ID) -> WorkflowExecution:
+    async def cancel_workflow_execution(
+        self, info: Info[Context, None], id: strawberry.ID
+    ) -> WorkflowExecution:
         user = await info.context.principal(Role.OPERATOR)
         async with info.context.services() as services:
             detail = await services.executions.cancel(user, id)
         return WorkflowExecution.of(detail.row, detail.tasks)
 
-    @strawberry.mutation(description="Compare an execution with Temporal now and repair it where Temporal ended its run.")
-    async def reconcile_workflow_execution(self, info: Info[Context, None], id: strawberry.ID) -> WorkflowExecution:
+    @strawberry.mutation(
+        description="Compare an execution with Temporal now and repair it where Temporal ended its run."
+    )
+    async def reconcile_workflow_execution(
+        self, info: Info[Context, None], id: strawberry.ID
+    ) -> WorkflowExecution:
         await info.context.principal(Role.OPERATOR)
         async with info.context.services() as services:
             detail = (await services.reconciler.reconcile(id)).detail
@@ -109,18 +125,25 @@ class Mutation:
             return TaskExecution.of(await services.executions.retry_task(user, id))
 
     @strawberry.mutation(description="Approve a WAITING approval task; the output becomes its result.")
-    async def complete_task(self, info: Info[Context, None], id: strawberry.ID, output: JSON | None = None) -> TaskExecution:
+    async def complete_task(
+        self, info: Info[Context, None], id: strawberry.ID, output: JSON | None = None
+    ) -> TaskExecution:
         user = await info.context.principal(Role.OPERATOR)
         async with info.context.services() as services:
             return TaskExecution.of(await services.executions.decide(user, id, approve=True, value=output))
 
     @strawberry.mutation(description="Reject a WAITING approval task: it fails (and may be retried).")
-    async def reject_task(self, info: Info[Context, None], id: strawberry.ID, reason: str | None = None) -> TaskExecution:
+    async def reject_task(
+        self, info: Info[Context, None], id: strawberry.ID, reason: str | None = None
+    ) -> TaskExecution:
         user = await info.context.principal(Role.OPERATOR)
+        reason = parse_body(TaskRejection, {"reason": reason}).reason
         async with info.context.services() as services:
             return TaskExecution.of(await services.executions.decide(user, id, approve=False, value=reason))
 
-    @strawberry.mutation(description="Register a webhook; the answer carries its secret (generated when absent), once.")
+    @strawberry.mutation(
+        description="Register a webhook; the answer carries its secret (generated when absent), once."
+    )
     async def register_webhook(self, info: Info[Context, None], input: RegisterWebhookInput) -> Webhook:
         user = await info.context.principal(Role.OPERATOR)
         data = parse_body(WebhookCreate, payload(input))
@@ -128,7 +151,9 @@ class Mutation:
             return Webhook.of(present(await services.webhooks.create(user, data), 2, reveal_secret=True))
 
     @strawberry.mutation(description="Change a webhook's URL, events or active flag (and secret, if given).")
-    async def update_webhook(self, info: Info[Context, None], id: strawberry.ID, input: UpdateWebhookInput) -> Webhook:
+    async def update_webhook(
+        self, info: Info[Context, None], id: strawberry.ID, input: UpdateWebhookInput
+    ) -> Webhook:
         user = await info.context.principal(Role.OPERATOR)
         data = parse_body(WebhookUpdate, payload(input))
         async with info.context.services() as services:
@@ -147,7 +172,9 @@ class Mutation:
     ) -> WebhookDelivery:
         user = await info.context.principal(Role.OPERATOR)
         async with info.context.services() as services:
-            return WebhookDelivery.of(present_delivery(await services.webhooks.redeliver(user, webhook_id, delivery_id)))
+            return WebhookDelivery.of(
+                present_delivery(await services.webhooks.redeliver(user, webhook_id, delivery_id))
+            )
 
     @strawberry.mutation(description="Send one signed test request now; says how the receiver answered.")
     async def test_webhook(self, info: Info[Context, None], input: TestWebhookInput) -> WebhookTestResult:
@@ -155,4 +182,6 @@ class Mutation:
         data = parse_body(WebhookTest, payload(input))
         async with info.context.services() as services:
             result = await services.webhooks.test(user, data)
-        return WebhookTestResult(success=result.success, status_code=result.status_code, message=result.message)
+        return WebhookTestResult(
+            success=result.success, status_code=result.status_code, message=result.message
+        )

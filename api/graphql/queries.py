@@ -49,12 +49,16 @@ class Query:
             return WorkflowDefinition.of(await services.definitions.get(id))
 
     @strawberry.field(description="Workflow definitions at their current versions, oldest first.")
-    async def workflow_definitions(self, info: Info[Context, None], limit: int = 10, offset: int = 0) -> WorkflowDefinitionPage:
+    async def workflow_definitions(
+        self, info: Info[Context, None], limit: int = 10, offset: int = 0
+    ) -> WorkflowDefinitionPage:
         await info.context.principal()
         p = page(info, limit, offset)
         async with info.context.services() as services:
             items, total = await services.definitions.list(p.limit, p.offset)
-        return WorkflowDefinitionPage(items=[WorkflowDefinition.of(d) for d in items], total=total, limit=p.limit, offset=p.offset)
+        return WorkflowDefinitionPage(
+            items=[WorkflowDefinition.of(d) for d in items], total=total, limit=p.limit, offset=p.offset
+        )
 
     @strawberry.field(description="Every stored version of a definition, oldest first.")
     async def workflow_definition_versions(
@@ -67,11 +71,16 @@ class Query:
         async with info.context.services() as services:
             items, total = await services.definitions.versions(id, p.limit, p.offset)
         return WorkflowDefinitionVersionPage(
-            items=[WorkflowDefinitionVersion.of(v) for v in items], total=total, limit=p.limit, offset=p.offset
+            items=[WorkflowDefinitionVersion.of(v) for v in items],
+            total=total,
+            limit=p.limit,
+            offset=p.offset,
         )
 
     @strawberry.field(description="A definition as it was at one version.")
-    async def workflow_definition_version(self, info: Info[Context, None], id: strawberry.ID, version: str) -> WorkflowDefinition:
+    async def workflow_definition_version(
+        self, info: Info[Context, None], id: strawberry.ID, version: str
+    ) -> WorkflowDefinition:
         await info.context.principal()
         async with info.context.services() as services:
             return WorkflowDefinition.of(await services.definitions.version(id, version))
@@ -96,7 +105,9 @@ class Query:
         p = page(info, limit, offset)
         wanted = ExecutionStatusValue(status.value) if status else None
         async with info.context.services() as services:
-            items, total = await services.executions.list(p.limit, p.offset, wanted, workflow_definition_id, with_tasks=False)
+            items, total = await services.executions.list(
+                p.limit, p.offset, wanted, workflow_definition_id, with_tasks=False
+            )
         # Task executions, if asked for, come through one DataLoader query for the whole page.
         return WorkflowExecutionPage(
             items=[WorkflowExecution.of(d.row) for d in items], total=total, limit=p.limit, offset=p.offset
@@ -116,7 +127,9 @@ class Query:
         wanted = TaskStatusValue(status.value) if status else None
         async with info.context.services() as services:
             rows, total = await services.executions.tasks(workflow_execution_id, p.limit, p.offset, wanted)
-        return TaskExecutionPage(items=[TaskExecution.of(r) for r in rows], total=total, limit=p.limit, offset=p.offset)
+        return TaskExecutionPage(
+            items=[TaskExecution.of(r) for r in rows], total=total, limit=p.limit, offset=p.offset
+        )
 
     @strawberry.field(description="Your webhooks (admins: all); secrets masked.")
     async def webhooks(self, info: Info[Context, None], limit: int = 10, offset: int = 0) -> WebhookPage:
@@ -124,7 +137,9 @@ class Query:
         p = page(info, limit, offset)
         async with info.context.services() as services:
             rows, total = await services.webhooks.list(user, p.limit, p.offset)
-        return WebhookPage(items=[Webhook.of(present(r, 2)) for r in rows], total=total, limit=p.limit, offset=p.offset)
+        return WebhookPage(
+            items=[Webhook.of(present(r, 2)) for r in rows], total=total, limit=p.limit, offset=p.offset
+        )
 
     @strawberry.field
     async def webhook(self, info: Info[Context, None], id: strawberry.ID) -> Webhook:
@@ -141,11 +156,16 @@ class Query:
         async with info.context.services() as services:
             rows, total = await services.webhooks.deliveries(user, webhook_id, p.limit, p.offset)
         return WebhookDeliveryPage(
-            items=[WebhookDelivery.of(present_delivery(r)) for r in rows], total=total, limit=p.limit, offset=p.offset
+            items=[WebhookDelivery.of(present_delivery(r)) for r in rows],
+            total=total,
+            limit=p.limit,
+            offset=p.offset,
         )
 
     @strawberry.field
-    async def progress_report(self, info: Info[Context, None], workflow_execution_id: strawberry.ID) -> ProgressReport:
+    async def progress_report(
+        self, info: Info[Context, None], workflow_execution_id: strawberry.ID
+    ) -> ProgressReport:
         await info.context.principal()
         async with info.context.services() as services:
             return ProgressReport.of(await services.executions.progress(workflow_execution_id))

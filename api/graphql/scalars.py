@@ -17,7 +17,7 @@ SCALARS = {
     DateTime: strawberry.scalar(
         name="DateTime",
         serialize=format_timestamp,
-        parse_value=lambda value: datetime.fromisoformat(str(value).replace("Z", "+00:00")),
+        parse_value=lambda value: datetime.fromisoformat(str(value)),
         description="ISO 8601 time in UTC with milliseconds, e.g. 2025-05-21T21:26:58.211Z.",
     )
 }

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.extensions import (
-    AddValidationRules,
-    DisableIntrospection,
-    MaxAliasesLimiter,
-    QueryDepthLimiter,
-)
+from strawberry.extensions import DisableIntrospection, MaxTokensLimiter, SchemaExtension
 from strawberry.fastapi import GraphQLRouter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
@@ -21,9 +17,9 @@ from strawberry.types import ExecutionContext
 from strawberry.types.unset import UnsetType
 
 from api.errors import AppError
-from api.graphql.context import Context, get_context
+from api.graphql.context import Context, SessionLegacyWSHandler, SessionTransportWSHandler, get_context
 from api.graphql.errors import ProblemErrors, code_of
-from api.graphql.limits import complexity_rule
+from api.graphql.limits import DocumentLimits, document_limits_rule
 from api.graphql.mutations import Mutation
 from api.graphql.queries import Query
 from api.graphql.scalars import SCALARS
@@ -32,18 +28,50 @@ from api.settings import Settings
 
 
 class Schema(strawberry.Schema):
-    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
         """Log nothing here: ProblemErrors logs unexpected errors once; the client's own mistakes
         (not found, invalid input, ...) are answers, not incidents."""
+
+
+#: Lists of objects smaller than WFO_MAX_TASKS (api.models.definitions caps them); the others
+#: (tasks, task executions, synchronization points, blockers, milestones) may hold that many.
+SMALL_LISTS = {"ResourceRequirements.custom": 50}
+
+
+def document_limits(settings: Settings) -> DocumentLimits:
+    return DocumentLimits(
+        max_depth=settings.graphql_max_depth,
+        max_aliases=settings.graphql_max_aliases,
+        max_cost=settings.graphql_max_cost,
+        max_page=settings.page_max_limit,
+        max_list=settings.max_tasks,
+        list_sizes=SMALL_LISTS,
+    )
+
+
+class DocumentLimitsGuard(SchemaExtension):
+    """Depth, aliases and cost in one rule that measures each fragment once (api.graphql.limits),
+    instead of strawberry's QueryDepthLimiter and MaxAliasesLimiter, which follow every spread.
+    Built per operation: a `limit: $n` is priced by the `n` sent with it."""
+
+    def __init__(self, limits: DocumentLimits) -> None:
+        self.limits = limits
+
+    def on_operation(self) -> Iterator[None]:
+        context = self.execution_context
+        rule = document_limits_rule(self.limits, context.variables)
+        context.validation_rules = (*context.validation_rules, rule)
+        yield
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
     # Factories, not instances: strawberry builds each request its own extension objects.
     extensions: list[Any] = [
         ProblemErrors,
-        partial(QueryDepthLimiter, max_depth=settings.graphql_max_depth),
-        partial(MaxAliasesLimiter, max_alias_count=settings.graphql_max_aliases),
-        partial(AddValidationRules, [complexity_rule(settings.graphql_max_cost, settings.page_max_limit)]),
+        partial(MaxTokensLimiter, max_token_count=settings.graphql_max_tokens),
+        partial(DocumentLimitsGuard, document_limits(settings)),
     ]
     if not settings.graphql_introspection:
         extensions.append(DisableIntrospection)
@@ -52,11 +80,17 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
-        config=StrawberryConfig(scalar_map=SCALARS, batching_config={"max_operations": settings.graphql_max_batch}),
+        config=StrawberryConfig(
+            scalar_map=SCALARS, batching_config={"max_operations": settings.graphql_max_batch}
+        ),
     )
 
 
 class AuthenticatedRouter(GraphQLRouter[Context, None]):
+    # WebSocket sessions that end at token expiry or revocation, with per-connection and per-user limits.
+    graphql_transport_ws_handler_class = SessionTransportWSHandler
+    graphql_ws_handler_class = SessionLegacyWSHandler
+
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         """No WebSocket session without a valid token: in connection_init's payload
         (`{"Authorization": "Bearer ..."}`) or the handshake's Authorization header."""
@@ -72,7 +106,8 @@ def graphql_router(settings: Settings) -> GraphQLRouter[Context, None]:
         build_schema(settings),
         path="/graphql",
         context_getter=get_context,
-        graphql_ide="graphiql",
+        # GraphiQL helps an attacker as much as a developer: served only when asked (WFO_API_DOCS).
+        graphql_ide="graphiql" if settings.api_docs else None,
         subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL],
         keep_alive=True,
         keep_alive_interval=15,

@@ -50,13 +50,20 @@ class Subscription:
         "after it instead, so a client that reconnects misses nothing."
     )
     async def task_execution_updated(
-        self, info: Info[Context, None], workflow_execution_id: strawberry.ID, after_sequence: int | None = None
+        self,
+        info: Info[Context, None],
+        workflow_execution_id: strawberry.ID,
+        after_sequence: int | None = None,
     ) -> AsyncGenerator[TaskExecution, None]:
         await _authorized(info)
-        async for row, sequence in _guarded(info.context.watcher().tasks(workflow_execution_id, after_sequence)):
+        async for row, sequence in _guarded(
+            info.context.watcher().tasks(workflow_execution_id, after_sequence)
+        ):
             yield TaskExecution.of(row, sequence)
 
-    @strawberry.subscription(description="The progress report now, then after each change, until the execution finishes.")
+    @strawberry.subscription(
+        description="The progress report now, then after each change, until the execution finishes."
+    )
     async def progress_report_updated(
         self, info: Info[Context, None], workflow_execution_id: strawberry.ID
     ) -> AsyncGenerator[ProgressReport, None]:
@@ -64,11 +71,15 @@ class Subscription:
         async for progress in _guarded(info.context.watcher().progress(workflow_execution_id)):
             yield ProgressReport.of(progress)
 
-    @strawberry.subscription(description="The execution's event log after a sequence number, until it finishes.")
+    @strawberry.subscription(
+        description="The execution's event log after a sequence number, until it finishes."
+    )
     async def execution_events(
         self, info: Info[Context, None], workflow_execution_id: strawberry.ID, after_sequence: int = 0
     ) -> AsyncGenerator[ExecutionEvent, None]:
         await _authorized(info)
         async for change in _guarded(info.context.watcher().changes(workflow_execution_id, after_sequence)):
             for event in change.events:
-                yield ExecutionEvent(sequence=event.seq, type=event.type, created_at=event.created_at, data=event.data)
+                yield ExecutionEvent(
+                    sequence=event.seq, type=event.type, created_at=event.created_at, data=event.data
+                )

@@ -122,8 +122,12 @@ class WorkflowDefinition:
                     type=t.type,
                     input=t.input,
                     timeout=t.timeout,
-                    retry_policy=RetryPolicy(**t.retry_policy.model_dump(by_alias=False)) if t.retry_policy else None,
-                    resource_requirements=_resources(t.resource_requirements.model_dump(by_alias=False)) if t.resource_requirements else None,
+                    retry_policy=RetryPolicy(**t.retry_policy.model_dump(by_alias=False))
+                    if t.retry_policy
+                    else None,
+                    resource_requirements=_resources(t.resource_requirements.model_dump(by_alias=False))
+                    if t.resource_requirements
+                    else None,
                 )
                 for t in public.tasks
             ],
@@ -149,7 +153,8 @@ def _fields(model: Any) -> dict[str, Any]:
 def _resources(values: dict[str, Any]) -> ResourceRequirements:
     custom = values.pop("custom", None)
     return ResourceRequirements(
-        **values, custom=[CustomResource(name=c["name"], value=c["value"]) for c in custom] if custom else None
+        **values,
+        custom=[CustomResource(name=c["name"], value=c["value"]) for c in custom] if custom else None,
     )
 
 
@@ -286,7 +291,9 @@ class Blocker:
     def of(cls, row: BlockerRow) -> Blocker:
         return cls(
             id=strawberry.ID(str(row.id)),
-            task_execution_id=strawberry.ID(str(row.task_execution_id)) if row.task_execution_id is not None else None,
+            task_execution_id=strawberry.ID(str(row.task_execution_id))
+            if row.task_execution_id is not None
+            else None,
             description=row.description,
             created_at=row.created_at,
             resolved_at=row.resolved_at,
@@ -347,7 +354,9 @@ class ExecutionEvent:
 # --- webhooks ------------------------------------------------------------------------------
 
 
-@strawberry.type(description="A webhook registration. The secret appears in registerWebhook's answer only; masked after.")
+@strawberry.type(
+    description="A webhook registration. The secret appears in registerWebhook's answer only; masked after."
+)
 class Webhook:
     id: strawberry.ID
     url: str
@@ -491,7 +500,9 @@ class User:
 # --- inputs --------------------------------------------------------------------------------
 
 
-@strawberry.input(description="Temporal's retry policy; maxRetries, backoffMultiplier and maxBackoff are accepted aliases.")
+@strawberry.input(
+    description="Temporal's retry policy; maxRetries, backoffMultiplier and maxBackoff are accepted aliases."
+)
 class RetryPolicyInput:
     max_attempts: int | None = strawberry.UNSET
     initial_interval: float | None = strawberry.UNSET
@@ -558,7 +569,8 @@ UpdateWorkflowDefinitionInput = Annotated[
 class StartWorkflowExecutionInput:
     workflow_definition_id: strawberry.ID
     initial_context: JSON | None = strawberry.field(
-        default=strawberry.UNSET, description="A JSON object, or JSON text of one (as the API reference shows)."
+        default=strawberry.UNSET,
+        description="A JSON object, or JSON text of one (as the API reference shows).",
     )
     idempotency_key: str | None = strawberry.field(
         default=strawberry.UNSET, description="Retrying with the same key returns the first execution."

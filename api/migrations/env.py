@@ -5,10 +5,10 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
-import api.models.definitions  # noqa: F401  (registers the tables on SQLModel.metadata)
-import api.models.executions  # noqa: F401
-import api.models.reconciler  # noqa: F401
-import api.models.users  # noqa: F401
+import api.models.definitions
+import api.models.executions
+import api.models.reconciler
+import api.models.users
 import api.models.webhooks  # noqa: F401
 
 target_metadata = SQLModel.metadata

@@ -38,7 +38,9 @@ def _not_storable(value: Any, path: tuple[str | int, ...] = ()) -> tuple[tuple[s
     if isinstance(value, str):
         return (path, "Text must not contain NUL (\\u0000) characters") if "\x00" in value else None
     if isinstance(value, float):
-        return None if math.isfinite(value) else (path, "Numbers must be finite (NaN and Infinity are not JSON)")
+        return (
+            None if math.isfinite(value) else (path, "Numbers must be finite (NaN and Infinity are not JSON)")
+        )
     if isinstance(value, dict):
         for key, item in value.items():
             if isinstance(key, str) and "\x00" in key:
@@ -74,7 +76,9 @@ class RequestModel(ApiModel):
         if found is not None:
             path, message = found
             error = PydanticCustomError("not_storable", message)
-            raise ValidationError.from_exception_data(cls.__name__, [{"type": error, "loc": path, "input": None}])
+            raise ValidationError.from_exception_data(
+                cls.__name__, [{"type": error, "loc": path, "input": None}]
+            )
         if cls.read_only_fields:
             data = {k: v for k, v in data.items() if k not in cls.read_only_fields}
         return data

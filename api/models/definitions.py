@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Self
 
 import sqlalchemy as sa
-from pydantic import Field, StringConstraints, ValidationError, ValidatorFunctionWrapHandler, model_validator
+from pydantic import (
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from sqlmodel import Column, SQLModel
 from sqlmodel import Field as Column_
@@ -66,6 +74,38 @@ Description = Annotated[str, StringConstraints(max_length=10_000)]
 TimeoutSeconds = Annotated[float, Field(gt=0, le=365 * 24 * 3600)]
 Interval = Annotated[float, Field(gt=0, le=30 * 24 * 3600)]
 
+#: Task types of the system's own activities (`wfo.publish_events`, ...): a task must not run them.
+RESERVED_TYPE_PREFIX = "wfo."
+#: Problems listed in one answer; the others are counted (one bad definition must not make a
+#: response of hundreds of MB).
+MAX_LISTED_PROBLEMS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionLimits:
+    """The limits that come from settings, checked before anything else is validated."""
+
+    max_tasks: int = 10_000
+    #: Queues of the interpreter and the system activities (the defaults until configured).
+    reserved_queues: frozenset[str] = frozenset({"wfo-system", "wfo-webhooks"})
+
+
+_limits = DefinitionLimits()
+
+
+def configure_limits(*, max_tasks: int, reserved_queues: frozenset[str]) -> None:
+    """Set this API process's limits (create_app, from WFO_MAX_TASKS and the system queue names).
+
+    Request bodies are validated before any dependency could hand settings to the model, so the
+    limits that must be checked first live here, like the worker's network policy.
+    """
+    global _limits
+    _limits = DefinitionLimits(max_tasks=max_tasks, reserved_queues=reserved_queues)
+
+
+def definition_limits() -> DefinitionLimits:
+    return _limits
+
 
 # --- requests ------------------------------------------------------------------------------
 
@@ -78,8 +118,8 @@ class RetryPolicyIn(RequestModel):
     initial_interval: Interval | None = Field(None, description="Seconds before the first retry.")
     backoff_coefficient: float | None = Field(None, ge=1, le=100)
     maximum_interval: Interval | None = Field(None, description="Cap on the seconds between retries.")
-    non_retryable_errors: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = Field(
-        None, max_length=50, description="Error types that are never retried."
+    non_retryable_errors: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = (
+        Field(None, max_length=50, description="Error types that are never retried.")
     )
     max_retries: int | None = Field(None, ge=0, le=999, description="Alias: maxAttempts - 1.")
     backoff_multiplier: float | None = Field(None, ge=1, le=100, description="Alias of backoffCoefficient.")
@@ -120,19 +160,43 @@ class ResourceRequirementsIn(RequestModel):
     storage: int | None = Field(None, ge=0, le=1024 * 1024 * 1024, description="Storage in MB.")
     gpu: int | None = Field(None, ge=0, le=64, description="GPUs.")
     custom: list[CustomResource] | None = Field(None, max_length=50)
-    queue: QueueName | None = Field(None, description="Task queue of the worker fleet that runs this task.")
+    queue: QueueName | None = Field(
+        None, description="Task queue of the worker fleet that runs this task (not one of the system queues)."
+    )
+
+    @field_validator("queue")
+    @classmethod
+    def _not_a_system_queue(cls, queue: str | None) -> str | None:
+        # A task on the system queue would be taken by the system worker, which runs the
+        # interpreter and activities that write to the database.
+        if queue is not None and queue in _limits.reserved_queues:
+            raise ValueError(f"{queue!r} is a system queue; tasks cannot run there")
+        return queue
 
 
 class TaskIn(RequestModel):
     id: NodeId | None = Field(None, description="Defaults to task-N, N being the task's position from 1.")
     name: Name
     description: Description | None = None
-    dependencies: list[NodeId] = Field(default_factory=list, description="Ids of tasks or synchronization points.")
-    type: TaskType = Field("noop", description="noop, sleep, http, approval, python, or a type a worker registered.")
+    dependencies: list[NodeId] = Field(
+        default_factory=list, description="Ids of tasks or synchronization points."
+    )
+    type: TaskType = Field(
+        "noop",
+        description="noop, sleep, http, approval, python, or a type a worker registered (not `wfo.*`: reserved).",
+    )
     input: dict[str, Any] | None = Field(None, description="JSON object handed to the task.")
     timeout: TimeoutSeconds | None = Field(None, description="Seconds for one attempt (start-to-close).")
     retry_policy: RetryPolicyIn | None = None
     resource_requirements: ResourceRequirementsIn | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _not_a_system_type(cls, value: str) -> str:
+        # Activity types are global on a queue: `wfo.reconcile_executions` must stay the system's.
+        if value.lower().startswith(RESERVED_TYPE_PREFIX):
+            raise ValueError(f"Task types starting with {RESERVED_TYPE_PREFIX!r} are reserved for the system")
+        return value
 
 
 class SynchronizationPointIn(RequestModel):
@@ -156,7 +220,12 @@ class DefinitionIn(RequestModel):
     @model_validator(mode="wrap")
     @classmethod
     def _check_graph(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        """Shape problems and graph problems (cycles, unknown ids, ...) are reported together."""
+        """Sizes first (alone: nothing else is looked at in an oversized definition), then shape
+        problems and graph problems (cycles, unknown ids, ...) together, at most
+        MAX_LISTED_PROBLEMS of them listed."""
+        sizes = _size_problems(data, _limits)
+        if sizes:
+            raise ValidationError.from_exception_data(cls.__name__, _listed([_graph_error(p) for p in sizes]))
         try:
             model = handler(data)
         except ValidationError as exc:
@@ -166,18 +235,28 @@ class DefinitionIn(RequestModel):
         if not shape and not graph:
             return model
         lines: list[InitErrorDetails] = [
-            {"type": PydanticCustomError(e["type"], "{message}", {"message": e["msg"]}), "loc": e["loc"], "input": None}
-            for e in shape
+            {
+                "type": PydanticCustomError(e["type"], "{message}", {"message": e["msg"]}),
+                "loc": e["loc"],
+                "input": None,
+            }
+            for e in shape[: MAX_LISTED_PROBLEMS + 1]
         ]
-        lines += [_graph_error(problem) for problem in graph]
-        raise ValidationError.from_exception_data(cls.__name__, lines)
+        lines += [_graph_error(problem) for problem in graph[: MAX_LISTED_PROBLEMS + 1]]
+        raise ValidationError.from_exception_data(cls.__name__, _listed(lines, len(shape) + len(graph)))
 
     def nodes(self) -> tuple[list[Node], list[Node]]:
         tasks = [
-            Node(t.id or default_id("tasks", i), "tasks", i, tuple(t.dependencies)) for i, t in enumerate(self.tasks)
+            Node(t.id or default_id("tasks", i), "tasks", i, tuple(t.dependencies))
+            for i, t in enumerate(self.tasks)
         ]
         points = [
-            Node(p.id or default_id("synchronizationPoints", i), "synchronizationPoints", i, tuple(p.required_tasks))
+            Node(
+                p.id or default_id("synchronizationPoints", i),
+                "synchronizationPoints",
+                i,
+                tuple(p.required_tasks),
+            )
             for i, p in enumerate(self.synchronization_points)
         ]
         return tasks, points
@@ -185,7 +264,75 @@ class DefinitionIn(RequestModel):
 
 def _graph_error(problem: Problem) -> InitErrorDetails:
     where, message = problem
-    return {"type": PydanticCustomError("graph", "{message}", {"message": message}), "loc": where, "input": None}
+    return {
+        "type": PydanticCustomError("graph", "{message}", {"message": message}),
+        "loc": where,
+        "input": None,
+    }
+
+
+def _listed(lines: list[InitErrorDetails], total: int | None = None) -> list[InitErrorDetails]:
+    """At most MAX_LISTED_PROBLEMS lines, and one that counts the others (its `omitted` is read by
+    the problem renderer, so the answer's detail still says how many problems there are)."""
+    total = len(lines) if total is None else total
+    if total <= MAX_LISTED_PROBLEMS:
+        return lines
+    omitted = total - MAX_LISTED_PROBLEMS
+    summary = PydanticCustomError(
+        "too_many_problems",
+        "{message}",
+        {
+            "message": f"{omitted} more problems are not listed (only the first {MAX_LISTED_PROBLEMS} are)",
+            "omitted": omitted,
+        },
+    )
+    return [*lines[:MAX_LISTED_PROBLEMS], {"type": summary, "loc": (), "input": None}]
+
+
+def _size_problems(data: Any, limits: DefinitionLimits) -> list[Problem]:
+    """Lists longer than any valid definition has, read from the raw input before it is validated.
+
+    A task cannot depend on more distinct nodes than the definition has, nor a synchronization
+    point require more tasks than there are: longer lists repeat or invent ids, and each of their
+    entries would otherwise be validated and reported on its own.
+    """
+    if not isinstance(data, dict):
+        return []
+    tasks, points = data.get("tasks"), data.get("synchronizationPoints")
+    tasks = tasks if isinstance(tasks, list) else []
+    points = points if isinstance(points, list) else []
+    problems: list[Problem] = []
+    if len(tasks) > limits.max_tasks:
+        problems.append((("tasks",), f"{len(tasks)} tasks exceed the maximum of {limits.max_tasks}"))
+    if len(points) > limits.max_tasks:
+        problems.append(
+            (
+                ("synchronizationPoints",),
+                f"{len(points)} synchronization points exceed the maximum of {limits.max_tasks}",
+            )
+        )
+    if problems:
+        return problems
+    nodes = len(tasks) + len(points)
+    for index, task in enumerate(tasks):
+        edges = task.get("dependencies") if isinstance(task, dict) else None
+        if isinstance(edges, list) and len(edges) > nodes:
+            problems.append(
+                (
+                    ("tasks", index, "dependencies"),
+                    f"{len(edges)} dependencies, more than the {nodes} tasks and synchronization points a task can depend on",
+                )
+            )
+    for index, point in enumerate(points):
+        edges = point.get("requiredTasks") if isinstance(point, dict) else None
+        if isinstance(edges, list) and len(edges) > len(tasks):
+            problems.append(
+                (
+                    ("synchronizationPoints", index, "requiredTasks"),
+                    f"{len(edges)} required tasks, more than the {len(tasks)} tasks of the definition",
+                )
+            )
+    return problems
 
 
 def _raw_nodes(data: Any) -> tuple[list[Node], list[Node]]:

@@ -44,7 +44,9 @@ class ExecutionRow(SQLModel, table=True):
     __table_args__ = (sa.UniqueConstraint("created_by", "idempotency_key", name="uq_execution_idempotency"),)
 
     id: int | None = Column_(default=None, primary_key=True)
-    definition_id: int = Column_(sa_column=Column(sa.Integer, sa.ForeignKey("workflow_definitions.id"), nullable=False, index=True))
+    definition_id: int = Column_(
+        sa_column=Column(sa.Integer, sa.ForeignKey("workflow_definitions.id"), nullable=False, index=True)
+    )
     definition_version: str = Column_(sa_column=Column(sa.String(32), nullable=False))
     status: str = Column_(sa_column=Column(sa.String(16), nullable=False, index=True))
     start_time: datetime = Column_(sa_column=Column(UTCDateTime, nullable=False))
@@ -118,7 +120,9 @@ class BlockerRow(SQLModel, table=True):
     __tablename__ = "blockers"
 
     id: int | None = Column_(default=None, primary_key=True)
-    execution_id: int = Column_(sa_column=Column(sa.Integer, sa.ForeignKey("executions.id"), nullable=False, index=True))
+    execution_id: int = Column_(
+        sa_column=Column(sa.Integer, sa.ForeignKey("executions.id"), nullable=False, index=True)
+    )
     key: str = Column_(sa_column=Column(sa.String(200), nullable=False))
     kind: str = Column_(sa_column=Column(sa.String(32), nullable=False))
     task_execution_id: int | None = Column_(default=None, sa_column=Column(sa.Integer, nullable=True))
@@ -184,7 +188,7 @@ class ExecutionPublicV2(ExecutionPublic):
 
     workflow_definition_version: str
     error: str | None
-    context: ContextPublicV2  # type: ignore[assignment]
+    context: ContextPublicV2
 
 
 class BlockerPublic(ApiModel):

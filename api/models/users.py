@@ -66,7 +66,11 @@ Username = Annotated[
 #: argon2 has no 72-byte limit (bcrypt has); the cap only bounds the hashing work.
 NewPassword = Annotated[
     SecretStr,
-    Field(min_length=MIN_ADMIN_PASSWORD_CHARS, max_length=1024, description=f"At least {MIN_ADMIN_PASSWORD_CHARS} characters."),
+    Field(
+        min_length=MIN_ADMIN_PASSWORD_CHARS,
+        max_length=1024,
+        description=f"At least {MIN_ADMIN_PASSWORD_CHARS} characters.",
+    ),
 ]
 
 

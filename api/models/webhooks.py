@@ -76,12 +76,18 @@ class WebhookDeliveryRow(SQLModel, table=True):
     )
 
     id: int | None = Column_(default=None, primary_key=True)
-    webhook_id: int = Column_(sa_column=Column(sa.Integer, sa.ForeignKey("webhooks.id"), nullable=False, index=True))
-    event_id: int = Column_(sa_column=Column(sa.Integer, sa.ForeignKey("execution_events.id"), nullable=False))
+    webhook_id: int = Column_(
+        sa_column=Column(sa.Integer, sa.ForeignKey("webhooks.id"), nullable=False, index=True)
+    )
+    event_id: int = Column_(
+        sa_column=Column(sa.Integer, sa.ForeignKey("execution_events.id"), nullable=False)
+    )
     event_type: str = Column_(sa_column=Column(sa.String(64), nullable=False))
     message_id: str = Column_(sa_column=Column(sa.String(64), nullable=False))
     payload: dict[str, Any] = Column_(sa_column=Column(JSONDocument, nullable=False))
-    status: str = Column_(default=DeliveryStatus.PENDING.value, sa_column=Column(sa.String(16), nullable=False))
+    status: str = Column_(
+        default=DeliveryStatus.PENDING.value, sa_column=Column(sa.String(16), nullable=False)
+    )
     attempts: int = Column_(default=0, sa_column=Column(sa.Integer, nullable=False))
     last_status_code: int | None = Column_(default=None, sa_column=Column(sa.Integer, nullable=True))
     last_error: str | None = Column_(default=None, sa_column=Column(sa.Text, nullable=True))
@@ -96,6 +102,7 @@ class WebhookDeliveryRow(SQLModel, table=True):
 
 
 # --- requests ------------------------------------------------------------------------------
+
 
 def _http_url(url: str) -> str:
     """The URL's form (scheme, host); where it points is checked against the network policy later."""
@@ -114,13 +121,17 @@ EventName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 def _check_events(events: list[str]) -> list[str]:
     unknown = [e for e in events if e != ALL_EVENTS and e not in WEBHOOK_EVENTS]
     if unknown:
-        raise ValueError(f"unknown event {unknown[0]!r}; use {ALL_EVENTS!r} or one of: {', '.join(WEBHOOK_EVENTS)}")
+        raise ValueError(
+            f"unknown event {unknown[0]!r}; use {ALL_EVENTS!r} or one of: {', '.join(WEBHOOK_EVENTS)}"
+        )
     return list(dict.fromkeys(events))
 
 
 class WebhookCreate(RequestModel):
     url: WebhookUrl = Field(description="http or https URL of the receiver.")
-    events: list[EventName] = Field(min_length=1, max_length=len(WEBHOOK_EVENTS) + 1, description="Event names, or '*' for all.")
+    events: list[EventName] = Field(
+        min_length=1, max_length=len(WEBHOOK_EVENTS) + 1, description="Event names, or '*' for all."
+    )
     secret: SecretStr | None = Field(
         None,
         min_length=MIN_SECRET_LENGTH,
@@ -156,7 +167,9 @@ class WebhookTest(RequestModel):
     url: UrlText
     event: EventName = "workflow.execution.completed"
     payload: dict[str, Any] = Field(default_factory=dict, description="The event's `data`.")
-    secret: SecretStr | None = Field(None, max_length=256, description="Signs the test request; unsigned without.")
+    secret: SecretStr | None = Field(
+        None, max_length=256, description="Signs the test request; unsigned without."
+    )
 
     @field_validator("event")
     @classmethod
@@ -195,7 +208,9 @@ class DeliveryPublic(ApiModel):
     id: str
     webhook_id: str
     event: str
-    event_id: str = Field(description="The webhook-id header of every attempt (receivers de-duplicate on it).")
+    event_id: str = Field(
+        description="The webhook-id header of every attempt (receivers de-duplicate on it)."
+    )
     status: DeliveryStatus
     attempts: int
     last_status_code: int | None

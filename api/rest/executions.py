@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from api.deps import ApiVersion, ExecutionServiceDep, Operator, PaginationDep, ReconcilerDep, Viewer
 from api.errors import (
@@ -29,6 +29,7 @@ from api.models.executions import (
     present_task,
 )
 from api.problems import problem_responses
+from api.services.pagination import Pagination
 
 #: The on-demand reconciliation's finding (api.services.reconciler.Outcome).
 RECONCILIATION_HEADER = "Reconciliation-Outcome"
@@ -62,19 +63,47 @@ async def start_execution(
     return present_execution(detail.row, detail.tasks, version)
 
 
-@router.get("", responses=problem_responses(InvalidInput))
+@router.get(
+    "",
+    responses={
+        200: {
+            "headers": {
+                "Link": {
+                    "description": 'The next page, as <URL>; rel="next", while executions remain. A page that would '
+                    "embed too many task executions ends early: continue at offset + the number of items (v2: the "
+                    "envelope's limit is then the page's size).",
+                    "schema": {"type": "string"},
+                }
+            }
+        },
+        **problem_responses(InvalidInput),
+    },
+)
 async def list_executions(
+    request: Request,
+    response: Response,
     user: Viewer,
     executions: ExecutionServiceDep,
     page: PaginationDep,
     version: ApiVersion,
     status: Annotated[ExecutionStatus | None, Query(description="Only executions in this status.")] = None,
     workflow_definition_id: Annotated[
-        str | None, Query(alias="workflowDefinitionId", max_length=40, description="Only executions of this definition.")
+        str | None,
+        Query(alias="workflowDefinitionId", max_length=40, description="Only executions of this definition."),
     ] = None,
 ) -> list[ExecutionPublicV2 | ExecutionPublic] | Page[ExecutionPublicV2 | ExecutionPublic]:
-    """Executions, newest first (v1: an array; v2: a page envelope)."""
+    """Executions with their task executions, newest first (v1: an array; v2: a page envelope)."""
     items, total = await executions.list(page.limit, page.offset, status, workflow_definition_id)
+    following = page.offset + len(items)
+    if following < total:
+        # A relative reference (behind a proxy this process does not know the public host), on the
+        # path the client asked for (/api/v2/... stays v2).
+        query = request.url.include_query_params(offset=following, limit=page.limit).query
+        response.headers["Link"] = (
+            f'<{request.scope.get("wfo.original_path", request.url.path)}?{query}>; rel="next"'
+        )
+        if len(items) < page.limit:
+            page = Pagination(limit=len(items), offset=page.offset)
     return page.present(version, [present_execution(d.row, d.tasks, version) for d in items], total)
 
 
@@ -141,4 +170,6 @@ async def list_task_executions(
 async def get_progress(execution_id: str, user: Viewer, executions: ExecutionServiceDep) -> ProgressPublic:
     """Completed and total tasks, estimated completion, blockers and milestones."""
     progress = await executions.progress(execution_id)
-    return present_progress(progress.execution, progress.estimated_completion, progress.blockers, progress.milestones)
+    return present_progress(
+        progress.execution, progress.estimated_completion, progress.blockers, progress.milestones
+    )

@@ -46,12 +46,16 @@ async def _reconciler(request: Request) -> dict[str, Any] | None:
         async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
             async with request.app.state.sessions() as session:
                 latest = await last_pass(session)
-    except Exception as exc:  # the database check reports the database; this is only detail
+    except Exception as exc:  # the database check reports the database; this is only detail  # noqa: BLE001
         log.warning("reading the reconciler's last pass failed: %s: %s", type(exc).__name__, exc)
         return None
     if latest is None:
         return {"backlog": 0, "unchecked": 0, "lastPassAt": None}
-    return {"backlog": latest.backlog, "unchecked": latest.unchecked, "lastPassAt": format_timestamp(latest.finished_at)}
+    return {
+        "backlog": latest.backlog,
+        "unchecked": latest.unchecked,
+        "lastPassAt": format_timestamp(latest.finished_at),
+    }
 
 
 @router.get("/readyz", responses=problem_responses(ServiceUnavailable))
@@ -64,7 +68,7 @@ async def readyz(request: Request) -> JSONResponse:
             async with asyncio.timeout(CHECK_TIMEOUT_SECONDS + 0.5):
                 await checks[name](request)
             return "ok"
-        except Exception as exc:  # any failure means "not ready"; the reason goes to the log only
+        except Exception as exc:  # any failure means "not ready"; the reason goes to the log only  # noqa: BLE001
             log.warning("readiness check %s failed: %s: %s", name, type(exc).__name__, exc)
             return "unavailable"
 
@@ -72,6 +76,8 @@ async def readyz(request: Request) -> JSONResponse:
     results = dict(zip(checks, states, strict=True))
     down = [name for name, state in results.items() if state != "ok"]
     if down:
-        problem = ServiceUnavailable(f"Not ready: {' and '.join(down)} unavailable.", checks=results, reconciler=reconciler)
+        problem = ServiceUnavailable(
+            f"Not ready: {' and '.join(down)} unavailable.", checks=results, reconciler=reconciler
+        )
         return problem_response(problem, request.url.path)
     return JSONResponse({"status": "ready", "checks": results, "reconciler": reconciler})

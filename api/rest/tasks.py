@@ -17,14 +17,19 @@ router = APIRouter(
 
 
 @router.post("/{task_execution_id}/retry")
-async def retry_task(task_execution_id: str, user: Operator, executions: ExecutionServiceDep) -> TaskExecutionPublic:
+async def retry_task(
+    task_execution_id: str, user: Operator, executions: ExecutionServiceDep
+) -> TaskExecutionPublic:
     """Run a FAILED task again, then what depends on it; a failed execution reopens. 409 unless FAILED."""
     return present_task(await executions.retry_task(user, task_execution_id))
 
 
 @router.post("/{task_execution_id}/complete", responses=problem_responses(InvalidInput))
 async def complete_task(
-    task_execution_id: str, user: Operator, executions: ExecutionServiceDep, data: TaskCompletion | None = None
+    task_execution_id: str,
+    user: Operator,
+    executions: ExecutionServiceDep,
+    data: TaskCompletion | None = None,
 ) -> TaskExecutionPublic:
     """Approve a WAITING approval task; `output` becomes its result in the context."""
     output = data.output if data is not None else None

@@ -53,6 +53,8 @@ async def enable_user(user_id: str, admin: Admin, users: UserServiceDep) -> User
 
 
 @router.post("/{user_id}/password", responses=problem_responses(UserNotFound, InvalidInput))
-async def reset_password(user_id: str, data: PasswordReset, admin: Admin, users: UserServiceDep) -> UserPublic:
+async def reset_password(
+    user_id: str, data: PasswordReset, admin: Admin, users: UserServiceDep
+) -> UserPublic:
     """Set a new password; the user's existing tokens stop working."""
     return await users.reset_password(admin, user_id, data)

@@ -102,6 +102,8 @@ async def list_deliveries(
     "/{webhook_id}/deliveries/{delivery_id}/redeliver",
     responses=problem_responses(WebhookNotFound, DeliveryNotFound, InvalidInput, Conflict),
 )
-async def redeliver(webhook_id: str, delivery_id: str, user: Operator, webhooks: WebhookServiceDep) -> DeliveryPublic:
+async def redeliver(
+    webhook_id: str, delivery_id: str, user: Operator, webhooks: WebhookServiceDep
+) -> DeliveryPublic:
     """Send a delivery again: same body, same webhook-id, a new round of attempts."""
     return present_delivery(await webhooks.redeliver(user, webhook_id, delivery_id))

@@ -23,13 +23,17 @@ async def list_definitions(
 
 
 @router.post("", status_code=201, responses=problem_responses(InvalidInput))
-async def create_definition(data: DefinitionIn, user: Operator, definitions: DefinitionServiceDep) -> DefinitionPublic:
+async def create_definition(
+    data: DefinitionIn, user: Operator, definitions: DefinitionServiceDep
+) -> DefinitionPublic:
     """Create a workflow definition at version 1.0.0. Missing ids become task-N / sync-N by position."""
     return await definitions.create(user, data)
 
 
 @router.get("/{definition_id}", responses=problem_responses(DefinitionNotFound))
-async def get_definition(definition_id: str, user: Viewer, definitions: DefinitionServiceDep) -> DefinitionPublic:
+async def get_definition(
+    definition_id: str, user: Viewer, definitions: DefinitionServiceDep
+) -> DefinitionPublic:
     """One workflow definition at its current version."""
     return await definitions.get(definition_id)
 
@@ -43,7 +47,9 @@ async def update_definition(
 
 
 @router.delete("/{definition_id}", status_code=204, responses=problem_responses(DefinitionNotFound))
-async def delete_definition(definition_id: str, user: Operator, definitions: DefinitionServiceDep) -> Response:
+async def delete_definition(
+    definition_id: str, user: Operator, definitions: DefinitionServiceDep
+) -> Response:
     """Delete a definition. Executions already started are not affected."""
     await definitions.delete(user, definition_id)
     return Response(status_code=204)
@@ -51,7 +57,11 @@ async def delete_definition(definition_id: str, user: Operator, definitions: Def
 
 @router.get("/{definition_id}/versions", responses=problem_responses(DefinitionNotFound, InvalidInput))
 async def list_versions(
-    definition_id: str, user: Viewer, definitions: DefinitionServiceDep, page: PaginationDep, version: ApiVersion
+    definition_id: str,
+    user: Viewer,
+    definitions: DefinitionServiceDep,
+    page: PaginationDep,
+    version: ApiVersion,
 ) -> list[DefinitionVersionSummary] | Page[DefinitionVersionSummary]:
     """Every stored version of a definition, oldest first."""
     items, total = await definitions.versions(definition_id, page.limit, page.offset)

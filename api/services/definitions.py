@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -11,6 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from api.db import utcnow
 from api.errors import Conflict, DefinitionNotFound, InvalidInput
 from api.models.definitions import (
+    MAX_LISTED_PROBLEMS,
     DefinitionIn,
     DefinitionPublic,
     DefinitionRow,
@@ -52,16 +54,47 @@ def normalize(data: DefinitionIn) -> dict[str, Any]:
 
 
 def check_size(data: DefinitionIn, settings: Settings) -> None:
-    """The one limit that depends on configuration (the graph itself is checked by DefinitionIn)."""
+    """The limits that depend on configuration, against this service's settings (DefinitionIn
+    checks them first with the process's configured limits; this keeps them true whatever it had)."""
+    problems: list[dict[str, str]] = []
     if len(data.tasks) > settings.max_tasks:
+        problems.append(
+            {
+                "pointer": "#/tasks",
+                "detail": f"{len(data.tasks)} tasks exceed the maximum of {settings.max_tasks}",
+            }
+        )
+    reserved = system_queues(settings)
+    for index, task in enumerate(data.tasks):
+        queue = task.resource_requirements.queue if task.resource_requirements else None
+        if queue in reserved:
+            problems.append(
+                {
+                    "pointer": f"#/tasks/{index}/resourceRequirements/queue",
+                    "detail": f"{queue!r} is a system queue; tasks cannot run there",
+                }
+            )
+    if problems:
+        count = len(problems)
         raise InvalidInput(
-            "The workflow definition has 1 problem.",
-            [{"pointer": "#/tasks", "detail": f"{len(data.tasks)} tasks exceed the maximum of {settings.max_tasks}"}],
+            f"The workflow definition has {count} problem{'s' if count != 1 else ''}.",
+            problems[:MAX_LISTED_PROBLEMS],
         )
 
 
+def system_queues(settings: Settings) -> frozenset[str]:
+    """Queues no task may name: the interpreter's and the webhook deliveries'."""
+    return frozenset({settings.system_task_queue, settings.webhook_task_queue})
+
+
 def _public(
-    definition_id: int, name: str, description: str | None, version: str, document: dict[str, Any], created, updated
+    definition_id: int,
+    name: str,
+    description: str | None,
+    version: str,
+    document: dict[str, Any],
+    created,
+    updated,
 ) -> DefinitionPublic:
     return DefinitionPublic(
         id=str(definition_id),
@@ -71,13 +104,17 @@ def _public(
         created_at=created,
         updated_at=updated,
         tasks=[TaskPublic.model_validate(t) for t in document["tasks"]],
-        synchronization_points=[SynchronizationPointPublic.model_validate(p) for p in document["synchronizationPoints"]],
+        synchronization_points=[
+            SynchronizationPointPublic.model_validate(p) for p in document["synchronizationPoints"]
+        ],
     )
 
 
 def to_public(row: DefinitionRow) -> DefinitionPublic:
     assert row.id is not None
-    return _public(row.id, row.name, row.description, row.version, row.document, row.created_at, row.updated_at)
+    return _public(
+        row.id, row.name, row.description, row.version, row.document, row.created_at, row.updated_at
+    )
 
 
 class DefinitionService:
@@ -140,10 +177,16 @@ class DefinitionService:
         row.deleted_at = utcnow()
         await self.session.commit()
 
-    async def versions(self, definition_id: str, limit: int, offset: int) -> tuple[list[DefinitionVersionSummary], int]:
+    async def versions(
+        self, definition_id: str, limit: int, offset: int
+    ) -> tuple[builtins.list[DefinitionVersionSummary], int]:
         row = await self._row(definition_id)
         of_definition = DefinitionVersionRow.definition_id == row.id
-        total = (await self.session.exec(select(func.count()).select_from(DefinitionVersionRow).where(of_definition))).one()
+        total = (
+            await self.session.exec(
+                select(func.count()).select_from(DefinitionVersionRow).where(of_definition)
+            )
+        ).one()
         rows = await self.session.exec(
             select(DefinitionVersionRow)
             .where(of_definition)
@@ -175,7 +218,15 @@ class DefinitionService:
         if stored is None:
             raise DefinitionNotFound(definition_id, version)
         assert row.id is not None
-        return _public(row.id, stored.name, stored.description, stored.version, stored.document, row.created_at, stored.created_at)
+        return _public(
+            row.id,
+            stored.name,
+            stored.description,
+            stored.version,
+            stored.document,
+            row.created_at,
+            stored.created_at,
+        )
 
     def _version_row(self, row: DefinitionRow, user: Principal) -> DefinitionVersionRow:
         assert row.id is not None
@@ -190,13 +241,15 @@ class DefinitionService:
             created_at=row.updated_at,
         )
 
-    async def get_many(self, definition_ids: list[str]) -> dict[str, DefinitionPublic]:
+    async def get_many(self, definition_ids: builtins.list[str]) -> dict[str, DefinitionPublic]:
         """Several definitions in one query (deleted and unknown ones are left out)."""
         keys = [k for k in (parse_id(i) for i in definition_ids) if k is not None]
         if not keys:
             return {}
         rows = await self.session.exec(
-            select(DefinitionRow).where(col(DefinitionRow.id).in_(keys), col(DefinitionRow.deleted_at).is_(None))
+            select(DefinitionRow).where(
+                col(DefinitionRow.id).in_(keys), col(DefinitionRow.deleted_at).is_(None)
+            )
         )
         return {str(r.id): to_public(r) for r in rows}
 
@@ -206,7 +259,11 @@ class DefinitionService:
 
     async def _row(self, definition_id: str, *, for_update: bool = False) -> DefinitionRow:
         key = parse_id(definition_id)
-        row = await self.session.get(DefinitionRow, key, with_for_update=for_update) if key is not None else None
+        row = (
+            await self.session.get(DefinitionRow, key, with_for_update=for_update)
+            if key is not None
+            else None
+        )
         if row is None or row.deleted_at is not None:
             raise DefinitionNotFound(definition_id)
         return row

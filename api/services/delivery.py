@@ -18,10 +18,12 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities import signing
-from activities.netguard import BlockedDestination, Policy, guarded_request
+from activities.netguard import BlockedDestination, Policy
 from api.db import SessionFactory, serialize_writes, utcnow
+from api.models.users import UserRow
 from api.models.webhooks import DeliveryStatus, WebhookDeliveryRow, WebhookRow
-from api.services.webhooks import USER_AGENT, describe_network_error
+from api.services.outbox import owner_refusal
+from api.services.webhooks import USER_AGENT, describe_network_error, send_once
 from api.settings import Settings
 from workflows.constants import DELIVERY_WORKFLOW
 from workflows.inputs import DeliveryInput
@@ -88,17 +90,31 @@ class Deliverer:
                 return  # an earlier attempt succeeded (its activity result was lost): nothing to do
             webhook = await session.get(WebhookRow, delivery.webhook_id)
             if webhook is None or webhook.deleted_at is not None or not webhook.active:
-                reason = "the webhook was deleted" if webhook is None or webhook.deleted_at else (
-                    f"the webhook is inactive: {webhook.deactivated_reason or 'deactivated'}"
+                reason = (
+                    "the webhook was deleted"
+                    if webhook is None or webhook.deleted_at
+                    else (f"the webhook is inactive: {webhook.deactivated_reason or 'deactivated'}")
                 )
                 raise DeliveryError(reason, "WebhookInactive", final=True)
-            url, secret, payload, message_id = webhook.url, webhook.secret, delivery.payload, delivery.message_id
+            # Queued while the owner could receive it; not sent once they were disabled or demoted.
+            owner = await session.get(UserRow, webhook.created_by) if webhook.created_by is not None else None
+            refusal = owner_refusal(owner)
+            if refusal is not None:
+                raise DeliveryError(f"not sent: {refusal}", "WebhookInactive", final=True)
+            url, secret, payload, message_id = (
+                webhook.url,
+                webhook.secret,
+                delivery.payload,
+                delivery.message_id,
+            )
 
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         outcome = await self._send(url, secret, message_id, body, input.timeout_seconds)
         await self._record(delivery_id, outcome, input)
 
-    async def _send(self, url: str, secret: str | None, message_id: str, body: bytes, timeout: float) -> _Attempt:
+    async def _send(
+        self, url: str, secret: str | None, message_id: str, body: bytes, timeout: float
+    ) -> _Attempt:
         # A fresh timestamp and signature on every attempt; the same webhook-id.
         headers = {
             "content-type": "application/json",
@@ -107,31 +123,37 @@ class Deliverer:
         }
         policy = Policy(allow_private=self.settings.allow_private_networks)
         try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), trust_env=False) as client:
-                response = await guarded_request(client, "POST", url, policy=policy, content=body, headers=headers)
-                await response.aclose()
+            response = await send_once(url, policy, body, headers, timeout)
         except BlockedDestination as exc:
             return _Attempt(None, f"refused: {exc}", refused=True)
-        except httpx.TimeoutException:
+        except (TimeoutError, httpx.TimeoutException):
             return _Attempt(None, f"no answer within {timeout:g} s")
         except httpx.HTTPError as exc:
             return _Attempt(None, describe_network_error(exc))
         if 200 <= response.status_code < 300:
             return _Attempt(response.status_code, None)
         if 300 <= response.status_code < 400:
-            return _Attempt(response.status_code, f"answered {response.status_code}: webhooks do not follow redirects")
+            return _Attempt(
+                response.status_code, f"answered {response.status_code}: webhooks do not follow redirects"
+            )
         retry_after = None
         if response.status_code in (429, 503):
             retry_after = retry_after_seconds(response.headers.get("retry-after"), datetime.now(UTC))
         # The receiver's body is never kept: only its status.
-        return _Attempt(response.status_code, f"answered {response.status_code} {response.reason_phrase}".rstrip(), retry_after)
+        return _Attempt(
+            response.status_code,
+            f"answered {response.status_code} {response.reason_phrase}".rstrip(),
+            retry_after,
+        )
 
     async def _record(self, delivery_id: int, outcome: _Attempt, input: DeliveryInput) -> None:
         now = utcnow()
         async with self.sessions() as session:
             await serialize_writes(session)
             delivery = await session.get(WebhookDeliveryRow, delivery_id, with_for_update=True)
-            webhook = await session.get(WebhookRow, delivery.webhook_id, with_for_update=True) if delivery else None
+            webhook = (
+                await session.get(WebhookRow, delivery.webhook_id, with_for_update=True) if delivery else None
+            )
             assert delivery is not None and webhook is not None
             if delivery.status != DeliveryStatus.PENDING:
                 # Settled meanwhile (given up, or delivered by an earlier attempt whose answer was
@@ -143,14 +165,23 @@ class Deliverer:
             delivery.last_status_code = outcome.status_code
             delivery.last_error = outcome.error
             if outcome.error is None:
-                delivery.status, delivery.delivered_at, delivery.next_attempt_at = DeliveryStatus.DELIVERED.value, now, None
+                delivery.status, delivery.delivered_at, delivery.next_attempt_at = (
+                    DeliveryStatus.DELIVERED.value,
+                    now,
+                    None,
+                )
                 webhook.last_success_at, webhook.failing_since = now, None
                 await session.commit()
                 return
             error: DeliveryError
             if outcome.status_code == 410:
-                webhook.active, webhook.deactivated_reason = False, f"the receiver answered 410 Gone on {now:%Y-%m-%d %H:%M} UTC"
-                error = DeliveryError(f"{outcome.error}: the webhook is deactivated", "WebhookGone", final=True)
+                webhook.active, webhook.deactivated_reason = (
+                    False,
+                    f"the receiver answered 410 Gone on {now:%Y-%m-%d %H:%M} UTC",
+                )
+                error = DeliveryError(
+                    f"{outcome.error}: the webhook is deactivated", "WebhookGone", final=True
+                )
             elif outcome.refused:
                 error = DeliveryError(outcome.error, "DestinationRefused", final=True)
             else:
@@ -161,15 +192,22 @@ class Deliverer:
                     webhook.deactivated_reason = (
                         f"no successful delivery for {_duration(failing_for)} (last: {outcome.error})"
                     )
-                    error = DeliveryError(f"{outcome.error}; the webhook is deactivated", "WebhookInactive", final=True)
+                    error = DeliveryError(
+                        f"{outcome.error}; the webhook is deactivated", "WebhookInactive", final=True
+                    )
                 else:
                     delay = outcome.retry_after
                     if delay is not None:
                         delay = min(delay, input.max_retry_interval_seconds)
                     else:
-                        delay = min(input.initial_retry_seconds * 2 ** (delivery.attempts - 1), input.max_retry_interval_seconds)
+                        delay = min(
+                            input.initial_retry_seconds * 2 ** (delivery.attempts - 1),
+                            input.max_retry_interval_seconds,
+                        )
                     delivery.next_attempt_at = now + timedelta(seconds=delay)
-                    error = DeliveryError(outcome.error, "DeliveryFailed", retry_after=outcome.retry_after and delay)
+                    error = DeliveryError(
+                        outcome.error, "DeliveryFailed", retry_after=outcome.retry_after and delay
+                    )
             if error.final:
                 delivery.status, delivery.next_attempt_at = DeliveryStatus.FAILED.value, None
             await session.commit()
@@ -184,8 +222,9 @@ class Deliverer:
                 return
             delivery.status, delivery.next_attempt_at = DeliveryStatus.FAILED.value, None
             if delivery.last_error is None or reason not in delivery.last_error:
-                delivery.last_error = f"gave up after {delivery.attempts} attempt{'s' if delivery.attempts != 1 else ''}: {reason}" + (
-                    f" (last: {delivery.last_error})" if delivery.last_error else ""
+                delivery.last_error = (
+                    f"gave up after {delivery.attempts} attempt{'s' if delivery.attempts != 1 else ''}: {reason}"
+                    + (f" (last: {delivery.last_error})" if delivery.last_error else "")
                 )
             await session.commit()
 
@@ -205,7 +244,7 @@ class Dispatcher:
                 started = await self.dispatch_once()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the database or Temporal may be away for a moment
+            except Exception as exc:  # the database or Temporal may be away for a moment  # noqa: BLE001
                 log.warning("webhook dispatch failed: %s", exc)
                 started = 0
                 await asyncio.sleep(1)
@@ -217,7 +256,10 @@ class Dispatcher:
             rows = list(
                 await session.exec(
                     select(WebhookDeliveryRow.id, WebhookDeliveryRow.redeliveries)
-                    .where(col(WebhookDeliveryRow.dispatched).is_(False), WebhookDeliveryRow.status == DeliveryStatus.PENDING.value)
+                    .where(
+                        col(WebhookDeliveryRow.dispatched).is_(False),
+                        WebhookDeliveryRow.status == DeliveryStatus.PENDING.value,
+                    )
                     .order_by(col(WebhookDeliveryRow.id))
                     .limit(limit)
                 )
@@ -247,7 +289,10 @@ class Dispatcher:
                     # Not if it was redelivered meanwhile: that round still needs starting.
                     await session.exec(
                         update(WebhookDeliveryRow)
-                        .where(col(WebhookDeliveryRow.id) == delivery_id, col(WebhookDeliveryRow.redeliveries) == redeliveries)
+                        .where(
+                            col(WebhookDeliveryRow.id) == delivery_id,
+                            col(WebhookDeliveryRow.redeliveries) == redeliveries,
+                        )
                         .values(dispatched=True)
                     )
                 await session.commit()

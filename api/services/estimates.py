@@ -34,7 +34,9 @@ async def task_history(session: AsyncSession, execution: ExecutionRow) -> dict[s
         .limit(HISTORY_EXECUTIONS)
     )
     rows = await session.exec(
-        select(TaskExecutionRow.task_definition_id, TaskExecutionRow.start_time, TaskExecutionRow.end_time).where(
+        select(
+            TaskExecutionRow.task_definition_id, TaskExecutionRow.start_time, TaskExecutionRow.end_time
+        ).where(
             col(TaskExecutionRow.execution_id).in_(recent.scalar_subquery()),
             TaskExecutionRow.status == TaskStatus.COMPLETED.value,
         )
@@ -73,7 +75,7 @@ def remaining_critical_path(
 
     # finish[n]: seconds from now until node n is done; iterative, dependencies first.
     finish: dict[str, float] = {}
-    for task_id, spec in specs.items():
+    for task_id in specs:
         if tasks.get(task_id) is not None and tasks[task_id].status == TaskStatus.COMPLETED:
             finish[task_id] = 0.0
     stack = [n for n in specs if n not in finish]
@@ -99,7 +101,9 @@ def remaining_critical_path(
     return max((finish[t] for t in specs), default=0.0)
 
 
-async def estimate_completion(session: AsyncSession, execution: ExecutionRow, document: dict[str, Any]) -> datetime | None:
+async def estimate_completion(
+    session: AsyncSession, execution: ExecutionRow, document: dict[str, Any]
+) -> datetime | None:
     status = ExecutionStatus(execution.status)
     if status is ExecutionStatus.COMPLETED:
         return execution.end_time

@@ -25,6 +25,8 @@ from api.models.executions import ExecutionEventRow
 
 log = logging.getLogger(__name__)
 
+_events = ExecutionEventRow.__table__  # type: ignore[attr-defined]
+
 T = TypeVar("T")
 
 #: The PostgreSQL channel the read model writer notifies after each batch.
@@ -40,14 +42,18 @@ class SharedReads:
         self.size = size
         self._results: OrderedDict[Hashable, tuple[float, asyncio.Future[Any]]] = OrderedDict()
 
-    async def get(self, key: Hashable, load: Callable[[], Awaitable[T]], keep: Callable[[T], bool] = bool) -> T:
+    async def get(
+        self, key: Hashable, load: Callable[[], Awaitable[T]], keep: Callable[[T], bool] = bool
+    ) -> T:
         """The answer to `key`: shared while loading, remembered afterwards only if `keep(answer)`
         (an empty answer, say, may be stale a moment later)."""
         now = time.monotonic()
         found = self._results.get(key)
-        if found is not None and (not found[1].done() or now - found[0] < self.ttl):
-            if not found[1].done() or found[1].exception() is None:
-                return await asyncio.shield(found[1])
+        # Shared while loading; afterwards reused while fresh, unless it failed.
+        if found is not None and (
+            not found[1].done() or (now - found[0] < self.ttl and found[1].exception() is None)
+        ):
+            return await asyncio.shield(found[1])
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._results[key] = (now, future)
         self._results.move_to_end(key)
@@ -84,7 +90,7 @@ class EventFeed:
 
     async def start(self) -> None:
         async with self.engine.connect() as conn:
-            self._cursor = (await conn.execute(sa.select(sa.func.max(ExecutionEventRow.id)))).scalar() or 0
+            self._cursor = (await conn.execute(sa.select(sa.func.max(_events.c.id)))).scalar() or 0
         self._tasks.append(asyncio.create_task(self._poll_forever(), name="event-feed-poll"))
         if self.listen_url:
             self._tasks.append(asyncio.create_task(self._listen_forever(), name="event-feed-listen"))
@@ -135,7 +141,7 @@ class EventFeed:
                 await self._poll()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the database may be briefly away: keep going
+            except Exception as exc:  # the database may be briefly away: keep going  # noqa: BLE001
                 log.warning("event feed poll failed: %s", exc)
                 await asyncio.sleep(1)
             with contextlib.suppress(TimeoutError):
@@ -153,9 +159,9 @@ class EventFeed:
             await self._warm_up()
             return
         query = (
-            sa.select(ExecutionEventRow.id, ExecutionEventRow.execution_id, ExecutionEventRow.seq)
-            .where(ExecutionEventRow.id > self._cursor)
-            .order_by(ExecutionEventRow.id)
+            sa.select(_events.c.id, _events.c.execution_id, _events.c.seq)
+            .where(_events.c.id > self._cursor)
+            .order_by(_events.c.id)
             .limit(5000)
         )
         async with self.engine.connect() as conn:
@@ -172,12 +178,12 @@ class EventFeed:
         of each execution waited on (the events skipped over are theirs too)."""
         waited = list(self._waiters)
         async with self.engine.connect() as conn:
-            top = (await conn.execute(sa.select(sa.func.max(ExecutionEventRow.id)))).scalar() or 0
+            top = (await conn.execute(sa.select(sa.func.max(_events.c.id)))).scalar() or 0
             latest = (
                 await conn.execute(
-                    sa.select(ExecutionEventRow.execution_id, sa.func.max(ExecutionEventRow.seq))
-                    .where(ExecutionEventRow.execution_id.in_(waited))
-                    .group_by(ExecutionEventRow.execution_id)
+                    sa.select(_events.c.execution_id, sa.func.max(_events.c.seq))
+                    .where(_events.c.execution_id.in_(waited))
+                    .group_by(_events.c.execution_id)
                 )
             ).all()
         self._cursor = max(self._cursor, top)
@@ -196,6 +202,6 @@ class EventFeed:
                         self._kick.set()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
                 log.warning("event feed listener lost its connection: %s", exc)
                 await asyncio.sleep(1)

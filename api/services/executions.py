@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import dataclasses
 import hashlib
@@ -15,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
@@ -71,6 +73,9 @@ log = logging.getLogger(__name__)
 MAX_INPUT_BYTES = 1_800_000
 #: An input larger than this carries its tasks packed (workflows.inputs.pack_tasks).
 PACK_TASKS_ABOVE_BYTES = 256 * 1024
+#: What one execution, and one of its task rows, takes in a list answer besides their text (an estimate).
+EXECUTION_BYTES = 400
+TASK_ROW_BYTES = 300
 #: How long an answer waits for the read model to show what the workflow acknowledged.
 READ_MODEL_WAIT_SECONDS = 10.0
 _UNAVAILABLE = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED}
@@ -95,6 +100,11 @@ class Progress:
     milestones: list[MilestoneRow]
 
 
+def _text_length(column: Any) -> Any:
+    """Characters of a column as text (JSON documents included), 0 for NULL: the same on SQLite and PostgreSQL."""
+    return func.coalesce(func.length(sa.cast(column, sa.Text)), 0)
+
+
 def _start_in_doubt(exc: BaseException) -> bool:
     """Whether Temporal may have started the run although the start failed: the request may have
     reached it and only the answer got lost (a timeout, a broken connection, the caller gone)."""
@@ -111,17 +121,23 @@ async def temporal_errors(action: str) -> AsyncIterator[None]:
         yield
     except RPCError as exc:
         if exc.status in _UNAVAILABLE:
-            raise ServiceUnavailable(f"Temporal is unavailable; could not {action}.", headers={"Retry-After": "5"}) from exc
+            raise ServiceUnavailable(
+                f"Temporal is unavailable; could not {action}.", headers={"Retry-After": "5"}
+            ) from exc
         raise
     except RuntimeError as exc:  # a lazy client that cannot connect
         if "connect" not in str(exc).lower():
             raise
-        raise ServiceUnavailable(f"Temporal is unavailable; could not {action}.", headers={"Retry-After": "5"}) from exc
+        raise ServiceUnavailable(
+            f"Temporal is unavailable; could not {action}.", headers={"Retry-After": "5"}
+        ) from exc
 
 
 def request_digest(data: ExecutionCreate) -> str:
     canonical = json.dumps(
-        {"definition": data.workflow_definition_id, "context": data.initial_context or {}}, sort_keys=True, separators=(",", ":")
+        {"definition": data.workflow_definition_id, "context": data.initial_context or {}},
+        sort_keys=True,
+        separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -143,21 +159,96 @@ class ExecutionService:
         *,
         with_tasks: bool = True,
     ) -> tuple[list[ExecutionDetail], int]:
-        """Executions, newest first (with their task executions unless the caller loads them itself)."""
+        """Executions, newest first (with their task executions unless the caller loads them itself).
+
+        With their task executions, the page ends early once it would embed more task rows or
+        bytes than the settings allow (always at least one execution, which a read of that one
+        execution would show whole anyway): the caller continues at offset + len(items).
+        """
         conditions = []
         if status is not None:
             conditions.append(col(ExecutionRow.status) == status.value)
         if definition_id is not None:
             key = parse_id(definition_id)
             conditions.append(col(ExecutionRow.definition_id) == (key if key is not None else -1))
-        total = (await self.session.exec(select(func.count()).select_from(ExecutionRow).where(*conditions))).one()
+        total = (
+            await self.session.exec(select(func.count()).select_from(ExecutionRow).where(*conditions))
+        ).one()
+        newest = col(ExecutionRow.id).desc()
+        if not with_tasks:
+            rows = list(
+                await self.session.exec(
+                    select(ExecutionRow).where(*conditions).order_by(newest).limit(limit).offset(offset)
+                )
+            )
+            return [ExecutionDetail(r, []) for r in rows], total
+        # Sizes first, from the executions table alone: the rows and text the page would carry.
+        sized = (
+            await self.session.exec(
+                select(
+                    ExecutionRow.id,
+                    ExecutionRow.total_tasks,
+                    _text_length(ExecutionRow.context) + _text_length(ExecutionRow.error),
+                )
+                .where(*conditions)
+                .order_by(newest)
+                .limit(limit)
+                .offset(offset)
+            )
+        ).all()
+        kept = await self._within_budget([(i, tasks, size) for i, tasks, size in sized if i is not None])
         rows = list(
             await self.session.exec(
-                select(ExecutionRow).where(*conditions).order_by(col(ExecutionRow.id).desc()).limit(limit).offset(offset)
+                select(ExecutionRow).where(col(ExecutionRow.id).in_(kept)).order_by(newest)
             )
         )
-        tasks = await self.tasks_of([r.id for r in rows]) if with_tasks else {}
+        tasks = await self.tasks_of([r.id for r in rows])
         return [ExecutionDetail(r, tasks.get(r.id, [])) for r in rows], total
+
+    async def _within_budget(self, sized: Sequence[tuple[int, int, int | None]]) -> Sequence[int]:
+        """The leading executions of `sized` (id, task count, text bytes) that fit one page's budget."""
+        max_rows, max_bytes = (
+            self.settings.execution_list_max_task_rows,
+            self.settings.execution_list_max_bytes,
+        )
+        kept: list[int] = []
+        rows = size = 0
+        # A task row never outnumbers the definition's tasks (one row per task id), so this cut
+        # needs no look at the task table.
+        for execution_id, task_count, text in sized:
+            rows += task_count
+            size += EXECUTION_BYTES + (text or 0) + task_count * TASK_ROW_BYTES
+            if kept and (rows > max_rows or size > max_bytes):
+                break
+            kept.append(execution_id)
+        if not kept:
+            return kept
+        # Then the task rows' own text (errors, resources), read only for the executions kept.
+        texts = dict(
+            (
+                await self.session.exec(
+                    select(
+                        TaskExecutionRow.execution_id,
+                        func.sum(
+                            _text_length(TaskExecutionRow.error) + _text_length(TaskExecutionRow.resources)
+                        ),
+                    )
+                    .where(col(TaskExecutionRow.execution_id).in_(kept))
+                    .group_by(col(TaskExecutionRow.execution_id))
+                )
+            ).all()
+        )
+        size = 0
+        for position, (execution_id, task_count, text) in enumerate(sized[: len(kept)]):
+            size += (
+                EXECUTION_BYTES
+                + (text or 0)
+                + task_count * TASK_ROW_BYTES
+                + int(texts.get(execution_id) or 0)
+            )
+            if position and size > max_bytes:
+                return kept[:position]
+        return kept
 
     async def get(self, execution_id: str) -> ExecutionDetail:
         row = await self._row(execution_id)
@@ -166,14 +257,20 @@ class ExecutionService:
 
     async def tasks(
         self, execution_id: str, limit: int, offset: int, status: TaskStatus | None = None
-    ) -> tuple[list[TaskExecutionRow], int]:
+    ) -> tuple[builtins.list[TaskExecutionRow], int]:
         row = await self._row(execution_id)
         conditions = [col(TaskExecutionRow.execution_id) == row.id]
         if status is not None:
             conditions.append(col(TaskExecutionRow.status) == status.value)
-        total = (await self.session.exec(select(func.count()).select_from(TaskExecutionRow).where(*conditions))).one()
+        total = (
+            await self.session.exec(select(func.count()).select_from(TaskExecutionRow).where(*conditions))
+        ).one()
         rows = await self.session.exec(
-            select(TaskExecutionRow).where(*conditions).order_by(col(TaskExecutionRow.id)).limit(limit).offset(offset)
+            select(TaskExecutionRow)
+            .where(*conditions)
+            .order_by(col(TaskExecutionRow.id))
+            .limit(limit)
+            .offset(offset)
         )
         return list(rows), total
 
@@ -183,14 +280,18 @@ class ExecutionService:
             select(BlockerRow).where(BlockerRow.execution_id == row.id).order_by(col(BlockerRow.id))
         )
         milestones = await self.session.exec(
-            select(MilestoneRow).where(MilestoneRow.execution_id == row.id).order_by(col(MilestoneRow.position))
+            select(MilestoneRow)
+            .where(MilestoneRow.execution_id == row.id)
+            .order_by(col(MilestoneRow.position))
         )
         estimate = await estimate_completion(self.session, row, await self._document(row))
         return Progress(row, estimate, list(blockers), list(milestones))
 
     # --- writes --------------------------------------------------------------------------
 
-    async def start(self, user: Principal, data: ExecutionCreate, idempotency_key: str | None = None) -> ExecutionDetail:
+    async def start(
+        self, user: Principal, data: ExecutionCreate, idempotency_key: str | None = None
+    ) -> ExecutionDetail:
         """Start an execution of a definition's current version (404 for an unknown definition).
 
         With an Idempotency-Key, a repeated request returns the execution the first one started.
@@ -206,7 +307,12 @@ class ExecutionService:
         if size > self.settings.max_context_bytes:
             raise InvalidInput(
                 "The request has 1 problem.",
-                [{"pointer": "#/initialContext", "detail": f"{size} bytes exceed the limit of {self.settings.max_context_bytes}"}],
+                [
+                    {
+                        "pointer": "#/initialContext",
+                        "detail": f"{size} bytes exceed the limit of {self.settings.max_context_bytes}",
+                    }
+                ],
             )
         now = utcnow()
         assert definition.id is not None
@@ -242,7 +348,9 @@ class ExecutionService:
 
         try:
             payload = self._input(row, definition.document, context)
-            await self._start_workflow(row, payload, memo={"definitionName": definition.name, "startedBy": user.username})
+            await self._start_workflow(
+                row, payload, memo={"definitionName": definition.name, "startedBy": user.username}
+            )
         except BaseException as exc:
             if not _start_in_doubt(exc):
                 # Temporal certainly has no run of it: nothing of it may stay behind.
@@ -252,7 +360,9 @@ class ExecutionService:
             # The request may have reached Temporal and only the answer got lost: deleting the row
             # would orphan a run that goes on. It stays RUNNING: a run that exists publishes into
             # it, and the reconciler fails it once Temporal has had no run of it for the grace period.
-            log.warning("execution %s: Temporal did not confirm the start (%s); kept for the reconciler", row.id, exc)
+            log.warning(
+                "execution %s: Temporal did not confirm the start (%s); kept for the reconciler", row.id, exc
+            )
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise ServiceUnavailable(
@@ -292,38 +402,73 @@ class ExecutionService:
         execution = await self.session.get(ExecutionRow, task.execution_id)
         assert execution is not None
         if task.status != TaskStatus.FAILED:
-            raise ExecutionConflict(f"Task execution {task_execution_id} is {task.status}; only a FAILED task can be retried.")
+            raise ExecutionConflict(
+                f"Task execution {task_execution_id} is {task.status}; only a FAILED task can be retried."
+            )
         if execution.status == ExecutionStatus.RUNNING:
             await self._update(execution, "retry_task", task.task_definition_id)
         elif execution.status == ExecutionStatus.FAILED:
             await self._reopen(execution, task)
         else:
-            raise ExecutionConflict(f"Execution {execution.id} was {execution.status}; it cannot be reopened.")
-        log.info("task %s of execution %s retried by %s", task.task_definition_id, execution.id, user.username)
+            raise ExecutionConflict(
+                f"Execution {execution.id} was {execution.status}; it cannot be reopened."
+            )
+        log.info(
+            "task %s of execution %s retried by %s", task.task_definition_id, execution.id, user.username
+        )
         return await self._task_row(task_execution_id, reload=True)
 
-    async def decide(self, user: Principal, task_execution_id: str, *, approve: bool, value: Any) -> TaskExecutionRow:
+    async def decide(
+        self, user: Principal, task_execution_id: str, *, approve: bool, value: Any
+    ) -> TaskExecutionRow:
         """Complete (with an output) or reject a WAITING approval task."""
         task = await self._task_row(task_execution_id)
         execution = await self.session.get(ExecutionRow, task.execution_id)
         assert execution is not None
-        if task.type != "approval" or task.status != TaskStatus.WAITING or execution.status != ExecutionStatus.RUNNING:
-            raise ExecutionConflict(f"Task execution {task_execution_id} is not an approval waiting for a decision.")
+        if (
+            task.type != "approval"
+            or task.status != TaskStatus.WAITING
+            or execution.status != ExecutionStatus.RUNNING
+        ):
+            raise ExecutionConflict(
+                f"Task execution {task_execution_id} is not an approval waiting for a decision."
+            )
         if approve:
             size = len(compact_json(value).encode())
             if size > self.settings.max_result_bytes:
                 raise InvalidInput(
                     "The request has 1 problem.",
-                    [{"pointer": "#/output", "detail": f"{size} bytes exceed the limit of {self.settings.max_result_bytes}"}],
+                    [
+                        {
+                            "pointer": "#/output",
+                            "detail": f"{size} bytes exceed the limit of {self.settings.max_result_bytes}",
+                        }
+                    ],
                 )
-        decision = TaskDecision(task_id=task.task_definition_id, output=value if approve else None, reason=None if approve else value)
+        decision = TaskDecision(
+            task_id=task.task_definition_id,
+            output=value if approve else None,
+            reason=None if approve else value,
+        )
         await self._update(execution, "complete_task" if approve else "reject_task", decision)
-        log.info("approval %s of execution %s %s by %s", task.task_definition_id, execution.id, "completed" if approve else "rejected", user.username)
+        log.info(
+            "approval %s of execution %s %s by %s",
+            task.task_definition_id,
+            execution.id,
+            "completed" if approve else "rejected",
+            user.username,
+        )
         return await self._task_row(task_execution_id, reload=True)
 
     # --- Temporal ------------------------------------------------------------------------
 
-    def _input(self, row: ExecutionRow, document: dict[str, Any], context: dict[str, Any], resume: ResumeState | None = None) -> InterpreterInput:
+    def _input(
+        self,
+        row: ExecutionRow,
+        document: dict[str, Any],
+        context: dict[str, Any],
+        resume: ResumeState | None = None,
+    ) -> InterpreterInput:
         settings = self.settings
         payload = InterpreterInput(
             execution_id=str(row.id),
@@ -331,7 +476,9 @@ class ExecutionService:
             definition_version=row.definition_version,
             tasks=[self._task_spec(t) for t in document["tasks"]],
             sync_points=[
-                SyncPointSpec(p["id"], p["name"], p.get("description"), list(p["requiredTasks"]), p.get("timeout"))
+                SyncPointSpec(
+                    p["id"], p["name"], p.get("description"), list(p["requiredTasks"]), p.get("timeout")
+                )
                 for p in document["synchronizationPoints"]
             ],
             context=context,
@@ -383,7 +530,9 @@ class ExecutionService:
             requirements=requirements,
         )
 
-    async def _start_workflow(self, row: ExecutionRow, payload: InterpreterInput, memo: dict[str, Any]) -> None:
+    async def _start_workflow(
+        self, row: ExecutionRow, payload: InterpreterInput, memo: dict[str, Any]
+    ) -> None:
         attributes = TypedSearchAttributes(
             [
                 SearchAttributePair(_ATTRIBUTE_KEYS["WfoDefinitionId"], str(row.definition_id)),
@@ -401,7 +550,12 @@ class ExecutionService:
                 # cancelled one never starts again.
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 search_attributes=attributes,
-                memo={**memo, "executionId": str(row.id), "definitionId": str(row.definition_id), "definitionVersion": row.definition_version},
+                memo={
+                    **memo,
+                    "executionId": str(row.id),
+                    "definitionId": str(row.definition_id),
+                    "definitionVersion": row.definition_version,
+                },
                 static_summary=f"Execution {row.id} of definition {row.definition_id} v{row.definition_version}",
                 # Past this the start is in doubt (see start()); the reconciler's grace outlasts it.
                 rpc_timeout=timedelta(seconds=self.settings.start_timeout_seconds),
@@ -424,7 +578,9 @@ class ExecutionService:
         await self._until_shown(execution, answer)
 
     async def _reopen(self, execution: ExecutionRow, task: TaskExecutionRow) -> None:
-        tasks = (await self.tasks_of([execution.id])).get(execution.id, []) if execution.id is not None else []
+        tasks = (
+            (await self.tasks_of([execution.id])).get(execution.id, []) if execution.id is not None else []
+        )
         reached = (
             await self.session.exec(
                 select(MilestoneRow.key).where(
@@ -435,11 +591,15 @@ class ExecutionService:
             )
         ).all()
         open_blockers = await self.session.exec(
-            select(BlockerRow).where(BlockerRow.execution_id == execution.id, col(BlockerRow.resolved_at).is_(None))
+            select(BlockerRow).where(
+                BlockerRow.execution_id == execution.id, col(BlockerRow.resolved_at).is_(None)
+            )
         )
         task_ids = {t.id: t.task_definition_id for t in tasks}
         carried = [
-            TaskCarryOver(t.task_definition_id, t.status, t.attempts, t.start_time, t.end_time, t.error, t.resources)
+            TaskCarryOver(
+                t.task_definition_id, t.status, t.attempts, t.start_time, t.end_time, t.error, t.resources
+            )
             for t in tasks
         ]
         resume = ResumeState(
@@ -472,7 +632,9 @@ class ExecutionService:
         # Answer once the rerun task is scheduled and the read model shows it.
         handle = self.temporal.get_workflow_handle(execution.workflow_id)
         with contextlib.suppress(WorkflowUpdateFailedError, RPCError):
-            answer = await handle.execute_update("task_state", task.task_definition_id, rpc_timeout=timedelta(seconds=60))
+            answer = await handle.execute_update(
+                "task_state", task.task_definition_id, rpc_timeout=timedelta(seconds=60)
+            )
             await self._until_shown(execution, answer)
 
     async def _until_shown(self, execution: ExecutionRow, answer: Any) -> None:
@@ -486,11 +648,15 @@ class ExecutionService:
     async def _until(self, execution_id: int, shown: Any, timeout: float = READ_MODEL_WAIT_SECONDS) -> None:
         # Its own connection, a fresh snapshot each time (SQLite's WAL keeps a reader's), and the
         # session's objects left as they are.
-        query = sa.select(ExecutionRow.last_seq, ExecutionRow.status).where(col(ExecutionRow.id) == execution_id)
+        query = sa.select(col(ExecutionRow.last_seq), col(ExecutionRow.status)).where(
+            col(ExecutionRow.id) == execution_id
+        )
+        engine = self.session.bind
+        assert isinstance(engine, AsyncEngine)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 while True:
-                    async with self.session.bind.connect() as conn:
+                    async with engine.connect() as conn:
                         row = (await conn.execute(query)).first()
                     if row is None or shown(row):
                         return
@@ -511,19 +677,27 @@ class ExecutionService:
 
     async def _task_row(self, task_execution_id: str, *, reload: bool = False) -> TaskExecutionRow:
         key = parse_id(task_execution_id)
-        row = await self.session.get(TaskExecutionRow, key, populate_existing=reload) if key is not None else None
+        row = (
+            await self.session.get(TaskExecutionRow, key, populate_existing=reload)
+            if key is not None
+            else None
+        )
         if row is None:
             raise TaskExecutionNotFound(task_execution_id)
         return row
 
-    async def tasks_of(self, execution_ids: Sequence[int | None]) -> dict[int | None, list[TaskExecutionRow]]:
+    async def tasks_of(
+        self, execution_ids: Sequence[int | None]
+    ) -> dict[int | None, builtins.list[TaskExecutionRow]]:
         """Task executions of several executions in one query."""
         ids = [i for i in execution_ids if i is not None]
         grouped: dict[int | None, list[TaskExecutionRow]] = {i: [] for i in ids}
         if not ids:
             return grouped
         rows = await self.session.exec(
-            select(TaskExecutionRow).where(col(TaskExecutionRow.execution_id).in_(ids)).order_by(col(TaskExecutionRow.id))
+            select(TaskExecutionRow)
+            .where(col(TaskExecutionRow.execution_id).in_(ids))
+            .order_by(col(TaskExecutionRow.id))
         )
         for row in rows:
             grouped[row.execution_id].append(row)
@@ -544,13 +718,20 @@ class ExecutionService:
     async def _by_idempotency_key(self, user: Principal, key: str, digest: str) -> ExecutionRow | None:
         row = (
             await self.session.exec(
-                select(ExecutionRow).where(ExecutionRow.created_by == user.id, ExecutionRow.idempotency_key == key)
+                select(ExecutionRow).where(
+                    ExecutionRow.created_by == user.id, ExecutionRow.idempotency_key == key
+                )
             )
         ).first()
         if row is not None and row.request_digest != digest:
             raise InvalidInput(
                 "This Idempotency-Key was used with a different request.",
-                [{"parameter": "Idempotency-Key", "in": "header", "detail": "already used with another request body"}],
+                [
+                    {
+                        "parameter": "Idempotency-Key",
+                        "in": "header",
+                        "detail": "already used with another request body",
+                    }
+                ],
             )
         return row
-

@@ -12,10 +12,15 @@ import sqlalchemy as sa
 
 from api.models.base import format_timestamp
 from api.models.executions import BlockerRow, event_time
+from api.models.users import Role, UserRow
 from api.models.webhooks import ALL_EVENTS, WEBHOOK_EVENTS, DeliveryStatus, WebhookDeliveryRow, WebhookRow
 from workflows.inputs import Event
 
 _PUBLIC = frozenset(WEBHOOK_EVENTS)
+#: The role registering a webhook needs (REST and GraphQL): an owner who lost it, or was
+#: disabled, gets no more deliveries (events carry task results).
+WEBHOOK_ROLE = Role.OPERATOR
+OWNER_ROLES = tuple(role.value for role in Role if role.allows(WEBHOOK_ROLE))
 
 
 def new_message_id() -> str:
@@ -35,14 +40,34 @@ class ExecutionRef:
 _webhooks = WebhookRow.__table__  # type: ignore[attr-defined]
 _deliveries = WebhookDeliveryRow.__table__  # type: ignore[attr-defined]
 _blockers = BlockerRow.__table__  # type: ignore[attr-defined]
+_users = UserRow.__table__  # type: ignore[attr-defined]
+
+
+def owner_refusal(owner: UserRow | None) -> str | None:
+    """Why a webhook's owner may no longer receive its deliveries (None: they may)."""
+    if owner is None:
+        return "the webhook's owner no longer exists"
+    if not owner.active:
+        return f"the webhook's owner {owner.username!r} is disabled"
+    if owner.role not in OWNER_ROLES:
+        return f"the webhook's owner {owner.username!r} no longer has the {WEBHOOK_ROLE.value} role"
+    return None
 
 
 def subscribed_webhooks(conn: sa.Connection, events: Sequence[Event]) -> list[tuple[int, list[str]]]:
-    """Active webhooks (id, events they want), if any of these events is one webhooks receive."""
+    """Active webhooks (id, events they want) whose owner is active and may still register
+    webhooks (see `owner_refusal`), if any of these events is one webhooks receive."""
     if not any(event.type in _PUBLIC for event in events):
         return []
     rows = conn.execute(
-        sa.select(_webhooks.c.id, _webhooks.c.events).where(_webhooks.c.active.is_(True), _webhooks.c.deleted_at.is_(None))
+        sa.select(_webhooks.c.id, _webhooks.c.events)
+        .join(_users, _users.c.id == _webhooks.c.created_by)
+        .where(
+            _webhooks.c.active.is_(True),
+            _webhooks.c.deleted_at.is_(None),
+            _users.c.active.is_(True),
+            _users.c.role.in_(OWNER_ROLES),
+        )
     )
     return [(webhook_id, list(wanted)) for webhook_id, wanted in rows]
 
@@ -60,7 +85,9 @@ def queue_deliveries(
     for event, event_id in written:
         if event.type not in _PUBLIC:
             continue
-        targets = [webhook_id for webhook_id, events in webhooks if ALL_EVENTS in events or event.type in events]
+        targets = [
+            webhook_id for webhook_id, events in webhooks if ALL_EVENTS in events or event.type in events
+        ]
         if not targets:
             continue
         data = {
@@ -77,7 +104,12 @@ def queue_deliveries(
                     "event_id": event_id,
                     "event_type": event.type,
                     "message_id": message_id,
-                    "payload": {"id": message_id, "type": event.type, "createdAt": format_timestamp(event.at), "data": data},
+                    "payload": {
+                        "id": message_id,
+                        "type": event.type,
+                        "createdAt": format_timestamp(event.at),
+                        "data": data,
+                    },
                     "status": DeliveryStatus.PENDING.value,
                     "attempts": 0,
                     "dispatched": False,

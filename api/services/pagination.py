@@ -24,15 +24,33 @@ class Pagination:
         """Pagination from raw values, refused (422) as the query parameters would be."""
         problems = []
         if limit < 1:
-            problems.append({"parameter": "limit", "in": "query", "detail": "Input should be greater than or equal to 1"})
+            problems.append(
+                {"parameter": "limit", "in": "query", "detail": "Input should be greater than or equal to 1"}
+            )
         elif limit > settings.page_max_limit:
-            problems.append({"parameter": "limit", "in": "query", "detail": f"Input should be at most {settings.page_max_limit}"})
+            problems.append(
+                {
+                    "parameter": "limit",
+                    "in": "query",
+                    "detail": f"Input should be at most {settings.page_max_limit}",
+                }
+            )
         if offset < 0:
-            problems.append({"parameter": "offset", "in": "query", "detail": "Input should be greater than or equal to 0"})
+            problems.append(
+                {"parameter": "offset", "in": "query", "detail": "Input should be greater than or equal to 0"}
+            )
         elif offset > MAX_OFFSET:
-            problems.append({"parameter": "offset", "in": "query", "detail": f"Input should be less than or equal to {MAX_OFFSET}"})
+            problems.append(
+                {
+                    "parameter": "offset",
+                    "in": "query",
+                    "detail": f"Input should be less than or equal to {MAX_OFFSET}",
+                }
+            )
         if problems:
-            raise InvalidInput(f"The request has {len(problems)} problem{'s' if len(problems) > 1 else ''}.", problems)
+            raise InvalidInput(
+                f"The request has {len(problems)} problem{'s' if len(problems) > 1 else ''}.", problems
+            )
         return cls(limit=limit, offset=offset)
 
     def present(self, version: int, items: Sequence[T], total: int) -> list[T] | Page[T]:
@@ -40,5 +58,3 @@ class Pagination:
         if version >= 2:
             return Page(items=list(items), total=total, limit=self.limit, offset=self.offset)
         return list(items)
-
-

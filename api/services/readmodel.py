@@ -73,7 +73,11 @@ async def lock_execution(session: AsyncSession, execution_id: int) -> ExecutionR
     if session.get_bind().dialect.name == "sqlite":
         # SQLite has no row locks: a first write takes the database's write lock right away, so
         # the reads below see the state this transaction will change (and writers queue up).
-        await session.exec(sa.update(ExecutionRow).where(col(ExecutionRow.id) == execution_id).values(last_seq=ExecutionRow.last_seq))
+        await session.exec(
+            sa.update(ExecutionRow)
+            .where(col(ExecutionRow.id) == execution_id)
+            .values(last_seq=ExecutionRow.last_seq)
+        )
     return await session.get(ExecutionRow, execution_id, with_for_update=True, populate_existing=True)
 
 
@@ -120,9 +124,13 @@ def write_batches(conn: sa.Connection, batches: list[EventBatch]) -> list[int]:
             applied.append(0)
             continue
         if fresh[0].seq != last_seq + 1:
-            raise SequenceGap(f"execution {batch.execution_id}: events from {fresh[0].seq} arrived before {last_seq + 1}")
+            raise SequenceGap(
+                f"execution {batch.execution_id}: events from {fresh[0].seq} arrived before {last_seq + 1}"
+            )
         if execution is None:
-            execution = changes[execution_id] = _Changes(ExecutionRef(row.id, row.definition_id, row.definition_version), row.last_seq)
+            execution = changes[execution_id] = _Changes(
+                ExecutionRef(row.id, row.definition_id, row.definition_version), row.last_seq
+            )
         for event in fresh:
             execution.apply(event)
         execution.fresh += fresh
@@ -157,31 +165,45 @@ class _Statements:
             _executions.c.definition_id,
             _executions.c.definition_version,
             _executions.c.last_seq,
-            sa.exists().where(_webhooks.c.active.is_(True), _webhooks.c.deleted_at.is_(None)).label("webhooks"),
+            sa.exists()
+            .where(_webhooks.c.active.is_(True), _webhooks.c.deleted_at.is_(None))
+            .label("webhooks"),
         )
-        ids = sa.bindparam("execution_ids", expanding=True)
+        ids: Any = sa.bindparam("execution_ids", expanding=True)
         if dialect == "sqlite":
             # SQLite has no row locks: a first write takes the database's write lock right away
             # (see lock_execution), and RETURNING reads in the same statement.
             self.locked: Any = (
-                sa.update(_executions).where(_executions.c.id.in_(ids)).values(last_seq=_executions.c.last_seq).returning(*columns)
+                sa.update(_executions)
+                .where(_executions.c.id.in_(ids))
+                .values(last_seq=_executions.c.last_seq)
+                .returning(*columns)
             )
         else:
             # The notification that wakes the API's watchers is queued here and sent at commit
             # (dropped on rollback): no round trip of its own.
             notify = sa.func.pg_notify(NOTIFY_CHANNEL, sa.cast(_executions.c.id, sa.Text)).label("notified")
             self.locked = (
-                sa.select(*columns, notify).where(_executions.c.id.in_(ids)).order_by(_executions.c.id).with_for_update(of=_executions)
+                sa.select(*columns, notify)
+                .where(_executions.c.id.in_(ids))
+                .order_by(_executions.c.id)
+                .with_for_update(of=_executions)
             )
         insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_tasks)
         self.upsert_tasks = insert.on_conflict_do_update(
             index_elements=[_tasks.c.execution_id, _tasks.c.task_definition_id],
             set_={f: insert.excluded[f] for f in _TASK_FIELDS},
-        ).returning(_tasks.c.id, _tasks.c.execution_id, _tasks.c.task_definition_id, sort_by_parameter_order=True)
+        ).returning(
+            _tasks.c.id, _tasks.c.execution_id, _tasks.c.task_definition_id, sort_by_parameter_order=True
+        )
         #: The execution row; the columns to set come with the parameters.
-        self.update_execution = sa.update(_executions).where(_executions.c.id == sa.bindparam("execution_row_id"))
+        self.update_execution = sa.update(_executions).where(
+            _executions.c.id == sa.bindparam("execution_row_id")
+        )
         self.insert_events = sa.insert(_events)
-        self.insert_events_returning = sa.insert(_events).returning(_events.c.id, sort_by_parameter_order=True)
+        self.insert_events_returning = sa.insert(_events).returning(
+            _events.c.id, sort_by_parameter_order=True
+        )
         self._merges: dict[int, Any] = {}
 
     def update_execution_merging(self, keys: int) -> Any:
@@ -198,7 +220,10 @@ class _Statements:
                 # each value JSON text parsed by json(), so that it goes in as JSON, not a string.
                 arguments: list[Any] = []
                 for i in range(keys):
-                    arguments += [sa.bindparam(f"path{i}", type_=sa.Text), sa.func.json(sa.bindparam(f"value{i}", type_=sa.Text))]
+                    arguments += [
+                        sa.bindparam(f"path{i}", type_=sa.Text),
+                        sa.func.json(sa.bindparam(f"value{i}", type_=sa.Text)),
+                    ]
                 merged = sa.func.json_set(context, *arguments)
             statement = self._merges[keys] = self.update_execution.values(context=merged)
         return statement
@@ -226,11 +251,21 @@ def _write(conn: sa.Connection, executions: list[_Changes], *, webhooks: bool) -
     for statement, rows in updates.values():
         conn.execute(statement, rows)
     event_rows = [
-        {"execution_id": execution.ref.id, "seq": e.seq, "type": e.type, "created_at": e.at, "data": _jsonable(e.data)}
+        {
+            "execution_id": execution.ref.id,
+            "seq": e.seq,
+            "type": e.type,
+            "created_at": e.at,
+            "data": _jsonable(e.data),
+        }
         for execution in executions
         for e in execution.fresh
     ]
-    subscribed = subscribed_webhooks(conn, [e for execution in executions for e in execution.fresh]) if webhooks else []
+    subscribed = (
+        subscribed_webhooks(conn, [e for execution in executions for e in execution.fresh])
+        if webhooks
+        else []
+    )
     if not subscribed:
         conn.execute(statements.insert_events, event_rows)
     else:
@@ -238,7 +273,9 @@ def _write(conn: sa.Connection, executions: list[_Changes], *, webhooks: bool) -
         for execution in executions:
             written = [(event, next(inserted)) for event in execution.fresh]
             # Webhook deliveries are written with the events they carry: one transaction, none lost.
-            queue_deliveries(conn, execution.ref, subscribed, written, execution.task_ids, execution.blocker_ids)
+            queue_deliveries(
+                conn, execution.ref, subscribed, written, execution.task_ids, execution.blocker_ids
+            )
 
 
 @dataclass
@@ -273,7 +310,12 @@ class _Changes:
             if "totalTasks" in data:
                 self.execution["total_tasks"] = data["totalTasks"]
             self.milestones_added = [
-                {"key": m["key"], "position": position, "name": m["name"], "description": m.get("description")}
+                {
+                    "key": m["key"],
+                    "position": position,
+                    "name": m["name"],
+                    "description": m.get("description"),
+                }
                 for position, m in enumerate(data.get("milestones", []))
             ]
         elif kind.startswith("task.execution."):
@@ -299,7 +341,11 @@ class _Changes:
         elif kind == "progress.updated":
             self.execution["completed_tasks"] = data["completedTasks"]
         elif kind in _EXECUTION_END:
-            self.execution.update(status=data["status"], end_time=event_time(data.get("endTime")), error=_jsonable(data.get("error")))
+            self.execution.update(
+                status=data["status"],
+                end_time=event_time(data.get("endTime")),
+                error=_jsonable(data.get("error")),
+            )
 
     def _task(self, event: Event) -> None:
         """Task events carry the task's whole state (its snapshot): the last one in the batch wins."""
@@ -324,7 +370,9 @@ class _Changes:
             self.execution["context_version"] = data["contextVersion"]
             self.execution["context_updated_at"] = event.at
 
-    def write_rest(self, conn: sa.Connection, statements: _Statements, *, webhooks: bool) -> tuple[Any, dict[str, Any]]:
+    def write_rest(
+        self, conn: sa.Connection, statements: _Statements, *, webhooks: bool
+    ) -> tuple[Any, dict[str, Any]]:
         """Blockers and milestones; returns the statement and values that update the execution
         row, to be run with those of other executions of the same shape (see _write)."""
         ref = self.ref
@@ -333,8 +381,14 @@ class _Changes:
             named |= {e.data["taskId"] for e in self.fresh if e.data.get("taskId")}
         self._look_up_tasks(conn, named - set(self.task_ids))
         if self.milestones_added is not None:
-            existing = set(conn.execute(sa.select(_milestones.c.key).where(_milestones.c.execution_id == ref.id)).scalars())
-            missing = [{"execution_id": ref.id, **m} for m in self.milestones_added if m["key"] not in existing]
+            existing = set(
+                conn.execute(
+                    sa.select(_milestones.c.key).where(_milestones.c.execution_id == ref.id)
+                ).scalars()
+            )
+            missing = [
+                {"execution_id": ref.id, **m} for m in self.milestones_added if m["key"] not in existing
+            ]
             if missing:
                 conn.execute(sa.insert(_milestones), missing)
         for key, achieved_at in self.milestones_achieved:
@@ -348,11 +402,15 @@ class _Changes:
         for key, resolved_at in self.blockers_resolved:
             conn.execute(
                 sa.update(_blockers)
-                .where(_blockers.c.execution_id == ref.id, _blockers.c.key == key, _blockers.c.resolved_at.is_(None))
+                .where(
+                    _blockers.c.execution_id == ref.id,
+                    _blockers.c.key == key,
+                    _blockers.c.resolved_at.is_(None),
+                )
                 .values(resolved_at=resolved_at)
             )
         if self.blockers_added:
-            values = [
+            blockers = [
                 {
                     "execution_id": ref.id,
                     "task_execution_id": self.task_ids.get(blocker["task"] or ""),
@@ -361,7 +419,8 @@ class _Changes:
                 for blocker in self.blockers_added.values()
             ]
             inserted = conn.execute(
-                sa.insert(_blockers).returning(_blockers.c.id, _blockers.c.key, sort_by_parameter_order=True), values
+                sa.insert(_blockers).returning(_blockers.c.id, _blockers.c.key, sort_by_parameter_order=True),
+                blockers,
             )
             self.blocker_ids = {key: blocker_id for blocker_id, key in inserted}
         values = {"execution_row_id": ref.id, **self.execution}

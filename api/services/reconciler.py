@@ -610,7 +610,7 @@ class Reconciler:
         )
 
     async def _record(self, started: datetime, report: PassReport) -> None:
-        values = {
+        values: dict[str, Any] = {
             "started_at": started,
             "finished_at": utcnow(),
             "examined": report.examined,

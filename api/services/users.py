@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import builtins
+import ipaddress
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
@@ -27,6 +34,23 @@ from api.settings import Settings
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+#: The threads that hash and check passwords, per pool size. Argon2 takes tens of milliseconds of
+#: CPU and 64 MiB per call by design: on the event loop a stream of logins would stall every
+#: request. The pool is small on purpose, so a login flood waits its turn here instead of taking
+#: every thread (and every core) of the process.
+_password_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+async def off_the_loop(settings: Settings, function: Callable[..., T], *args: object) -> T:
+    """`function(*args)` on the password threads."""
+    threads = settings.password_hash_threads
+    pool = _password_pools.get(threads)
+    if pool is None:
+        pool = _password_pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="wfo-password")
+    return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -35,6 +59,8 @@ class Principal:
     id: int
     username: str
     role: Role
+    #: When the token this principal came with expires (None: not from a token).
+    expires_at: datetime | None = field(default=None, compare=False)
 
     def require(self, role: Role) -> None:
         if not self.role.allows(role):
@@ -60,29 +86,63 @@ def parse_id(raw: str) -> int | None:
     return int(raw)
 
 
+def address_key(address: str) -> str:
+    """The client address a throttle counts: an IPv6 client by its /64 (one host is usually given
+    a whole /64 to pick addresses from), an IPv4-mapped one as IPv4, anything unparsable as given."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class LoginThrottle:
-    """Failed logins per username and per client address, in a fixed window."""
+    """Failed logins in a fixed window, counted per (username, client address), per username from
+    every address, and per client address.
 
-    def __init__(self, session: AsyncSession, settings: Settings):
-        self.settings = settings
+    A limit per username alone would let anyone lock the owner out for good: five wrong passwords
+    per window, forever. Counted per (username, address), an attacker locks out only themselves
+    and the owner, elsewhere, still logs in. The per-username ceiling (much higher) bounds guessing
+    spread over many addresses; reaching it takes that many addresses, and is the only way left
+    to lock an account. The per-address limit bounds one client guessing many usernames.
+
+    Each attempt is reserved on all three counters before the password is checked, in one step
+    (Counters.take): parallel guesses cannot get past a limit, and refused attempts count nowhere
+    (an attacker hammering a locked pair does not push the username towards its ceiling). A
+    success clears the username's counters and gives the address its reservation back.
+    """
+
+    MESSAGE = "Too many failed logins; try again later."
+
+    def __init__(self, session: AsyncSession, settings: Settings, username: str, address: str | None):
         self.counters = Counters(session, settings.login_failure_window_seconds)
-
-    def _keys(self, username: str, address: str | None) -> list[tuple[str, int]]:
         # Bounded: no user has a name this long, so long names may share one counter.
-        keys = [(f"user:{username.lower()[:200]}", self.settings.login_max_failures_per_user)]
-        if address:
-            keys.append((f"addr:{address[:200]}", self.settings.login_max_failures_per_address))
-        return keys
+        name = username.lower()[:200]
+        where = address_key(address) if address else "-"
+        self.user_key = f"user:{name}"
+        self.pair_key = f"pair:{where} {name}"
+        self.address_key = f"addr:{where}" if address else None
+        self.limits = [
+            (self.pair_key, settings.login_max_failures_per_user_and_address),
+            (self.user_key, settings.login_max_failures_per_user),
+        ]
+        if self.address_key:
+            self.limits.append((self.address_key, settings.login_max_failures_per_address))
 
-    async def check(self, username: str, address: str | None) -> None:
-        for key, limit in self._keys(username, address):
-            await self.counters.check(key, limit, "Too many failed logins; try again later.")
+    async def reserve(self) -> None:
+        """Count this attempt as a failure until it succeeds; 429 if any counter is full."""
+        await self.counters.take(self.limits, self.MESSAGE)
 
-    async def record_failure(self, username: str, address: str | None) -> None:
-        await self.counters.hit(*(key for key, _ in self._keys(username, address)))
-
-    async def clear_user(self, username: str) -> None:
-        await self.counters.clear(f"user:{username}")
+    async def succeeded(self) -> None:
+        """The attempt was right (not committed): the username starts afresh, the address does not
+        (one valid account must not let a client guess other accounts' passwords forever)."""
+        await self.counters.clear(self.pair_key, self.user_key)
+        if self.address_key:
+            await self.counters.give_back(self.address_key)
 
 
 class UserService:
@@ -94,22 +154,28 @@ class UserService:
 
     async def login(self, data: LoginRequest, address: str | None) -> TokenPublic:
         username = data.username.lower()
-        throttle = LoginThrottle(self.session, self.settings)
-        await throttle.check(username, address)
+        throttle = LoginThrottle(self.session, self.settings, username, address)
+        await throttle.reserve()
         row = (await self.session.exec(select(UserRow).where(UserRow.username == username))).first()
         password = data.password.get_secret_value()
-        ok = security.verify_password(password, row.password_hash if row else None)
+        ok = await off_the_loop(
+            self.settings, security.verify_password, password, row.password_hash if row else None
+        )
         if not ok or row is None or not row.active:
-            await throttle.record_failure(username, address)
+            # The reservation stays: it was a failure.
             log.info("failed login for %r from %s", username, address)
             raise InvalidCredentials()
         assert row.id is not None
         if security.needs_rehash(row.password_hash):
-            row.password_hash = security.hash_password(password)
-        await throttle.clear_user(username)
+            row.password_hash = await off_the_loop(self.settings, security.hash_password, password)
+        await throttle.succeeded()
         await self.session.commit()
         token, ttl = security.issue_token(
-            self.settings, user_id=row.id, username=row.username, role=row.role, token_version=row.token_version
+            self.settings,
+            user_id=row.id,
+            username=row.username,
+            role=row.role,
+            token_version=row.token_version,
         )
         return TokenPublic(access_token=token, expires_in=ttl)
 
@@ -123,7 +189,9 @@ class UserService:
         # A disabled user, a reset password or a changed role bumps token_version.
         if row is None or not row.active or row.token_version != claims.token_version:
             raise Unauthenticated("The bearer token is no longer valid; log in again.", invalid_token=True)
-        return Principal(id=claims.user_id, username=row.username, role=Role(row.role))
+        return Principal(
+            id=claims.user_id, username=row.username, role=Role(row.role), expires_at=claims.expires_at
+        )
 
     # --- management (admins) --------------------------------------------------------
 
@@ -139,7 +207,9 @@ class UserService:
         now = utcnow()
         row = UserRow(
             username=data.username,
-            password_hash=security.hash_password(data.password.get_secret_value()),
+            password_hash=await off_the_loop(
+                self.settings, security.hash_password, data.password.get_secret_value()
+            ),
             role=data.role.value,
             created_at=now,
             updated_at=now,
@@ -170,12 +240,16 @@ class UserService:
         if changed:
             self._end_sessions(row)
             await self.session.commit()
-            log.info("user %s changed by %s: role=%s active=%s", row.username, actor.username, row.role, row.active)
+            log.info(
+                "user %s changed by %s: role=%s active=%s", row.username, actor.username, row.role, row.active
+            )
         return to_public(row)
 
     async def reset_password(self, actor: Principal, user_id: str, data: PasswordReset) -> UserPublic:
         row = await self._row(user_id, for_update=True)
-        row.password_hash = security.hash_password(data.password.get_secret_value())
+        row.password_hash = await off_the_loop(
+            self.settings, security.hash_password, data.password.get_secret_value()
+        )
         self._end_sessions(row)
         await self.session.commit()
         log.info("password of %s reset by %s", row.username, actor.username)
@@ -187,14 +261,16 @@ class UserService:
         exists = (await self.session.exec(select(UserRow.id).where(UserRow.username == username))).first()
         if exists is not None:
             return False
-        await self.create(UserCreate.model_validate({"username": username, "password": password, "role": "admin"}))
+        await self.create(
+            UserCreate.model_validate({"username": username, "password": password, "role": "admin"})
+        )
         return True
 
     def _end_sessions(self, row: UserRow) -> None:
         row.token_version += 1
         row.updated_at = utcnow()
 
-    async def _lock_admins(self) -> list[int]:
+    async def _lock_admins(self) -> builtins.list[int]:
         """The active admins' ids, write-locked in id order for the rest of the transaction."""
         await serialize_writes(self.session)
         admins = await self.session.exec(
@@ -206,7 +282,7 @@ class UserService:
         return [admin_id for admin_id in admins if admin_id is not None]
 
     @staticmethod
-    def _keep_an_admin(leaving: UserRow, admins: list[int]) -> None:
+    def _keep_an_admin(leaving: UserRow, admins: builtins.list[int]) -> None:
         if not [admin_id for admin_id in admins if admin_id != leaving.id]:
             raise Conflict("This is the last active admin; make another user admin first.")
 

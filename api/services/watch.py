@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from functools import partial
+from typing import Any, TypeVar
 
 from sqlmodel import col, select
 from temporalio.client import Client
@@ -22,7 +23,9 @@ from api.services.users import parse_id
 from api.settings import Settings
 
 #: Event types after which an execution has finished (until a retry reopens it).
-TERMINAL_EVENTS = frozenset({"workflow.execution.completed", "workflow.execution.failed", "workflow.execution.cancelled"})
+TERMINAL_EVENTS = frozenset(
+    {"workflow.execution.completed", "workflow.execution.failed", "workflow.execution.cancelled"}
+)
 #: Longest a watcher sleeps without looking at the log (a lost wake-up costs at most this).
 RECHECK_SECONDS = 2.0
 BATCH = 500
@@ -59,7 +62,9 @@ class ExecutionWatcher:
         assert row.id is not None
         cursor = after_seq
         while True:
-            events = await self.feed.shared.get(("events", row.id, cursor), lambda: self._events_after(row.id, cursor))
+            events = await self.feed.shared.get(
+                ("events", row.id, cursor), partial(self._events_after, row.id, cursor)
+            )
             if not events:
                 await self.feed.wait_beyond(row.id, cursor, RECHECK_SECONDS)
                 continue
@@ -74,7 +79,9 @@ class ExecutionWatcher:
             return list(
                 await session.exec(
                     select(ExecutionEventRow)
-                    .where(ExecutionEventRow.execution_id == execution_id, col(ExecutionEventRow.seq) > cursor)
+                    .where(
+                        ExecutionEventRow.execution_id == execution_id, col(ExecutionEventRow.seq) > cursor
+                    )
                     .order_by(col(ExecutionEventRow.seq))
                     .limit(BATCH)
                 )
@@ -99,22 +106,43 @@ class ExecutionWatcher:
     ) -> AsyncIterator[S]:
         """A state now, then each newer one (the execution row's `last_seq` says how new), once
         each, until the execution has finished. A watcher that fell behind skips straight to the
-        latest state instead of re-reading one per missed change."""
+        latest state instead of re-reading one per missed change. The state is loaded again only
+        once `last_seq` moved: an idle execution costs its watchers one small query per period."""
         state = await load(execution_id)
         yield state
         while not _finished(row_of(state)):
             row = row_of(state)
             assert row.id is not None
-            seen = row.last_seq
-            await self.feed.wait_beyond(row.id, seen, RECHECK_SECONDS)
+            key, seen = row.id, row.last_seq
+            await self.feed.wait_beyond(key, seen, RECHECK_SECONDS)
+            latest = await self.feed.shared.get(
+                ("last_seq", key, seen), partial(self._last_seq, key), keep=seen.__lt__
+            )
+            if latest <= seen:
+                continue
+
+            def moved(state: Any, seen: int = seen) -> bool:
+                return row_of(state).last_seq > seen
+
             fresh = await self.feed.shared.get(
-                (kind, execution_id, seen), lambda: load(execution_id), keep=lambda s: row_of(s).last_seq > seen
+                (kind, execution_id, seen), lambda: load(execution_id), keep=moved
             )
             if row_of(fresh).last_seq > seen:
                 state = fresh
                 yield state
 
-    async def tasks(self, execution_id: str, after_seq: int | None = None) -> AsyncIterator[tuple[TaskExecutionRow, int]]:
+    async def _last_seq(self, execution_id: int) -> int:
+        async with self.sessions() as session:
+            found = (
+                await session.exec(select(ExecutionRow.last_seq).where(ExecutionRow.id == execution_id))
+            ).first()
+        if found is None:
+            raise ExecutionNotFound(str(execution_id))
+        return found
+
+    async def tasks(
+        self, execution_id: str, after_seq: int | None = None
+    ) -> AsyncIterator[tuple[TaskExecutionRow, int]]:
         """Every task execution as it is now, oldest change first, each with the sequence number
         of the event that left it so; then each task change as it happens, in order; ends once
         the execution has finished. With `after_seq`: every task change after it instead of the
@@ -186,4 +214,3 @@ class ExecutionWatcher:
 
 def _finished(row: ExecutionRow) -> bool:
     return row.status != "RUNNING"
-

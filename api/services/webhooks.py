@@ -3,12 +3,15 @@ redelivery, and the synchronous test call."""
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 import json
 import logging
 import time
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -60,7 +63,10 @@ def present(row: WebhookRow, version: int, *, reveal_secret: bool = False) -> We
     }
     if version >= 2:
         return WebhookPublicV2(
-            **common, deactivated_reason=row.deactivated_reason, last_success_at=row.last_success_at, updated_at=row.updated_at
+            **common,
+            deactivated_reason=row.deactivated_reason,
+            last_success_at=row.last_success_at,
+            updated_at=row.updated_at,
         )
     return WebhookPublic(**common)
 
@@ -93,18 +99,26 @@ class WebhookService:
 
     async def list(self, user: Principal, limit: int, offset: int) -> tuple[list[WebhookRow], int]:
         """The caller's webhooks (an admin's: everyone's)."""
-        conditions = [col(WebhookRow.deleted_at).is_(None)]
+        conditions: builtins.list[sa.ColumnElement[bool]] = [col(WebhookRow.deleted_at).is_(None)]
         if user.role is not Role.ADMIN:
             conditions.append(col(WebhookRow.created_by) == user.id)
-        total = (await self.session.exec(select(func.count()).select_from(WebhookRow).where(*conditions))).one()
-        rows = await self.session.exec(select(WebhookRow).where(*conditions).order_by(col(WebhookRow.id)).limit(limit).offset(offset))
+        total = (
+            await self.session.exec(select(func.count()).select_from(WebhookRow).where(*conditions))
+        ).one()
+        rows = await self.session.exec(
+            select(WebhookRow).where(*conditions).order_by(col(WebhookRow.id)).limit(limit).offset(offset)
+        )
         return list(rows), total
 
     async def get(self, user: Principal, webhook_id: str) -> WebhookRow:
         """A webhook the caller may see; others' are 404, as if they did not exist."""
         key = parse_id(webhook_id)
         row = await self.session.get(WebhookRow, key) if key is not None else None
-        if row is None or row.deleted_at is not None or (user.role is not Role.ADMIN and row.created_by != user.id):
+        if (
+            row is None
+            or row.deleted_at is not None
+            or (user.role is not Role.ADMIN and row.created_by != user.id)
+        ):
             raise WebhookNotFound(webhook_id)
         return row
 
@@ -150,15 +164,21 @@ class WebhookService:
 
     async def deliveries(
         self, user: Principal, webhook_id: str, limit: int, offset: int, status: DeliveryStatus | None = None
-    ) -> tuple[list[WebhookDeliveryRow], int]:
+    ) -> tuple[builtins.list[WebhookDeliveryRow], int]:
         """The webhook's delivery log, newest first."""
         webhook = await self.get(user, webhook_id)
         conditions = [col(WebhookDeliveryRow.webhook_id) == webhook.id]
         if status is not None:
             conditions.append(col(WebhookDeliveryRow.status) == status.value)
-        total = (await self.session.exec(select(func.count()).select_from(WebhookDeliveryRow).where(*conditions))).one()
+        total = (
+            await self.session.exec(select(func.count()).select_from(WebhookDeliveryRow).where(*conditions))
+        ).one()
         rows = await self.session.exec(
-            select(WebhookDeliveryRow).where(*conditions).order_by(col(WebhookDeliveryRow.id).desc()).limit(limit).offset(offset)
+            select(WebhookDeliveryRow)
+            .where(*conditions)
+            .order_by(col(WebhookDeliveryRow.id).desc())
+            .limit(limit)
+            .offset(offset)
         )
         return list(rows), total
 
@@ -170,11 +190,18 @@ class WebhookService:
         if row is None or row.webhook_id != webhook.id:
             raise DeliveryNotFound(delivery_id)
         if row.status == DeliveryStatus.PENDING:
-            raise Conflict(f"Delivery {delivery_id} is still being delivered (attempt {row.attempts + 1} is next).")
+            raise Conflict(
+                f"Delivery {delivery_id} is still being delivered (attempt {row.attempts + 1} is next)."
+            )
         if not webhook.active:
             raise InvalidInput(
                 "The webhook is not active; activate it before redelivering.",
-                [{"pointer": "#", "detail": f"webhook {webhook_id} is inactive: {webhook.deactivated_reason or 'deactivated'}"}],
+                [
+                    {
+                        "pointer": "#",
+                        "detail": f"webhook {webhook_id} is inactive: {webhook.deactivated_reason or 'deactivated'}",
+                    }
+                ],
             )
         row.status, row.dispatched, row.next_attempt_at = DeliveryStatus.PENDING.value, False, utcnow()
         row.redeliveries += 1
@@ -183,14 +210,21 @@ class WebhookService:
 
     async def test(self, user: Principal, data: WebhookTest) -> WebhookTestResult:
         """One signed POST, no retries, no redirects, bounded in time; the receiver's body is never
-        echoed. Rate limited per user."""
+        read. Rate limited per user."""
         counters = Counters(self.session, 60)
         key = f"webhook-test:{user.id}"
-        await counters.check(key, self.settings.webhook_test_per_minute, "Too many webhook tests; try again in a minute.")
+        await counters.check(
+            key, self.settings.webhook_test_per_minute, "Too many webhook tests; try again in a minute."
+        )
         await counters.hit(key)
         message_id = new_message_id()
         body = json.dumps(
-            {"id": message_id, "type": data.event, "createdAt": utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z"), "data": data.payload},
+            {
+                "id": message_id,
+                "type": data.event,
+                "createdAt": utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "data": data.payload,
+            },
             separators=(",", ":"),
         ).encode()
         secret = data.secret.get_secret_value() if data.secret else None
@@ -201,18 +235,25 @@ class WebhookService:
         }
         timeout = self.settings.webhook_timeout_seconds
         try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), trust_env=False) as client:
-                response = await guarded_request(client, "POST", data.url, policy=self.policy, content=body, headers=headers)
+            response = await send_once(data.url, self.policy, body, headers, timeout)
         except BlockedDestination as exc:
             return WebhookTestResult(success=False, status_code=None, message=f"Refused: {exc}")
-        except httpx.TimeoutException:
-            return WebhookTestResult(success=False, status_code=None, message=f"The receiver did not answer within {timeout:g} s")
+        except (TimeoutError, httpx.TimeoutException):
+            return WebhookTestResult(
+                success=False, status_code=None, message=f"The receiver did not answer within {timeout:g} s"
+            )
         except httpx.HTTPError as exc:
-            return WebhookTestResult(success=False, status_code=None, message=f"Could not connect: {describe_network_error(exc)}")
+            return WebhookTestResult(
+                success=False, status_code=None, message=f"Could not connect: {describe_network_error(exc)}"
+            )
         if 200 <= response.status_code < 300:
-            return WebhookTestResult(success=True, status_code=response.status_code, message="Webhook delivered successfully")
+            return WebhookTestResult(
+                success=True, status_code=response.status_code, message="Webhook delivered successfully"
+            )
         if 300 <= response.status_code < 400:
-            message = f"The receiver answered {response.status_code} (a redirect); webhooks do not follow redirects"
+            message = (
+                f"The receiver answered {response.status_code} (a redirect); webhooks do not follow redirects"
+            )
         else:
             message = f"The receiver answered {response.status_code} {response.reason_phrase}".rstrip()
         return WebhookTestResult(success=False, status_code=response.status_code, message=message)
@@ -226,7 +267,27 @@ class WebhookService:
         except UnresolvableHost:
             return
         except BlockedDestination as exc:
-            raise InvalidInput("The webhook URL is not allowed.", [{"pointer": "#/url", "detail": str(exc)}]) from exc
+            raise InvalidInput(
+                "The webhook URL is not allowed.", [{"pointer": "#/url", "detail": str(exc)}]
+            ) from exc
+
+
+async def send_once(
+    url: str, policy: Policy, body: bytes, headers: dict[str, str], timeout: float
+) -> httpx.Response:
+    """POST `body` and return the answer's status line and headers; the body is never read.
+
+    `timeout` bounds the whole exchange (httpx's is per step: a receiver that sends a byte a
+    second would hold the request forever). The receiver's body is closed unread, so one that
+    streams without end, or a gzip bomb, costs nothing. TimeoutError past the deadline.
+    """
+    async with asyncio.timeout(timeout):
+        async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), trust_env=False) as client:
+            response = await guarded_request(
+                client, "POST", url, policy=policy, content=body, headers=headers, stream=True
+            )
+            await response.aclose()
+    return response
 
 
 def describe_network_error(exc: httpx.HTTPError) -> str:

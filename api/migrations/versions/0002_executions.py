@@ -22,7 +22,9 @@ def upgrade() -> None:
     op.create_table(
         "executions",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("definition_id", sa.Integer, sa.ForeignKey("workflow_definitions.id"), nullable=False, index=True),
+        sa.Column(
+            "definition_id", sa.Integer, sa.ForeignKey("workflow_definitions.id"), nullable=False, index=True
+        ),
         sa.Column("definition_version", sa.String(32), nullable=False),
         sa.Column("status", sa.String(16), nullable=False, index=True),
         sa.Column("start_time", UTCDateTime, nullable=False),

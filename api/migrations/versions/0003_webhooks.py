@@ -21,7 +21,9 @@ depends_on = None
 def upgrade() -> None:
     op.rename_table("login_failures", "rate_counters")
     with op.batch_alter_table("rate_counters") as batch:
-        batch.alter_column("failures", new_column_name="hits", existing_type=sa.Integer, existing_nullable=False)
+        batch.alter_column(
+            "failures", new_column_name="hits", existing_type=sa.Integer, existing_nullable=False
+        )
     op.create_table(
         "webhooks",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -64,5 +66,7 @@ def downgrade() -> None:
     op.drop_table("webhook_deliveries")
     op.drop_table("webhooks")
     with op.batch_alter_table("rate_counters") as batch:
-        batch.alter_column("hits", new_column_name="failures", existing_type=sa.Integer, existing_nullable=False)
+        batch.alter_column(
+            "hits", new_column_name="failures", existing_type=sa.Integer, existing_nullable=False
+        )
     op.rename_table("rate_counters", "login_failures")
