@@ -465,6 +465,25 @@ class TestRetryTask:
         assert progress["blockers"][0]["resolvedAt"] is not None
         assert progress["milestones"][-1]["achieved"]
 
+    async def test_a_reopened_run_says_who_started_and_who_reopened_it(
+        self, client, operator, admin, worker, loopback, temporal_env, settings
+    ):
+        loopback.route("/flaky", status=[500, 200], json={"ok": True})
+        tasks = [
+            {"id": "call", "name": "call", "type": "http", "input": {"url": loopback.url_for("/flaky")}, "retryPolicy": {"maxAttempts": 1}}
+        ]  # fmt: skip
+        definition_id = await define(client, operator, tasks)
+        execution = await start(client, operator, definition_id)
+        failed = await finished(client, operator, execution["id"])
+        response = await client.post(f"/api/tasks/{task(failed, 'call')['id']}/retry", headers=admin)
+        assert response.status_code == 200, response.text
+        await finished(client, operator, execution["id"])
+        workflow_id = f"{settings.workflow_id_prefix}-{definition_id}-{execution['id']}"
+        memo = await (await temporal_env.client.get_workflow_handle(workflow_id).describe()).memo()
+        me = (await client.get("/api/auth/me", headers=operator)).json()["username"]
+        assert memo["executionId"] == execution["id"] and memo["definitionName"]
+        assert memo["startedBy"] == me and memo["reopenedBy"] == "admin" and memo["reopenedFor"] == "call"
+
     async def test_retries_in_place_while_other_branches_run(self, client, operator, worker, loopback):
         loopback.route("/flaky", status=[500, 200], json={"ok": True})
         tasks = [

@@ -48,6 +48,7 @@ from api.models.executions import (
     TaskStatus,
     compact_json,
 )
+from api.models.users import UserRow
 from api.services.definitions import DefinitionService
 from api.services.estimates import estimate_completion
 from api.services.users import Principal, parse_id
@@ -408,7 +409,7 @@ class ExecutionService:
         if execution.status == ExecutionStatus.RUNNING:
             await self._update(execution, "retry_task", task.task_definition_id)
         elif execution.status == ExecutionStatus.FAILED:
-            await self._reopen(execution, task)
+            await self._reopen(execution, task, user)
         else:
             raise ExecutionConflict(
                 f"Execution {execution.id} was {execution.status}; it cannot be reopened."
@@ -577,7 +578,7 @@ class ExecutionService:
                 raise
         await self._until_shown(execution, answer)
 
-    async def _reopen(self, execution: ExecutionRow, task: TaskExecutionRow) -> None:
+    async def _reopen(self, execution: ExecutionRow, task: TaskExecutionRow, user: Principal) -> None:
         tasks = (
             (await self.tasks_of([execution.id])).get(execution.id, []) if execution.id is not None else []
         )
@@ -624,9 +625,18 @@ class ExecutionService:
             reached_sync_points=[key.removeprefix("sync:") for key in reached],
             retry_task_id=task.task_definition_id,
         )
-        payload = self._input(execution, await self._document(execution), {}, resume)
+        version = await self._version(execution)
+        payload = self._input(execution, version.document, {}, resume)
+        # The memo of every run says the same of the execution (Temporal's UI shows the latest run).
+        starter = await self.session.get(UserRow, execution.created_by) if execution.created_by else None
+        memo = {
+            "definitionName": version.name,
+            "startedBy": starter.username if starter else None,
+            "reopenedBy": user.username,
+            "reopenedFor": task.task_definition_id,
+        }
         try:
-            await self._start_workflow(execution, payload, memo={"reopenedFor": task.task_definition_id})
+            await self._start_workflow(execution, payload, memo=memo)
         except WorkflowAlreadyStartedError as exc:
             raise ExecutionConflict(f"Execution {execution.id} is being reopened already.") from exc
         # Answer once the rerun task is scheduled and the read model shows it.
@@ -704,8 +714,12 @@ class ExecutionService:
         return grouped
 
     async def _document(self, execution: ExecutionRow) -> dict[str, Any]:
-        """The definition version the execution runs (kept even if the definition changed or went)."""
-        stored = (
+        """The definition the execution runs (kept even if the definition changed or went)."""
+        return (await self._version(execution)).document
+
+    async def _version(self, execution: ExecutionRow) -> DefinitionVersionRow:
+        """The definition version the execution runs."""
+        return (
             await self.session.exec(
                 select(DefinitionVersionRow).where(
                     DefinitionVersionRow.definition_id == execution.definition_id,
@@ -713,7 +727,6 @@ class ExecutionService:
                 )
             )
         ).one()
-        return stored.document
 
     async def _by_idempotency_key(self, user: Principal, key: str, digest: str) -> ExecutionRow | None:
         row = (
