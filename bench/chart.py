@@ -1,4 +1,7 @@
-"""bench/results/summary.png: the latest figures of every benchmark that has results, one panel each."""
+"""summary.png beside a run's results: the figures of every benchmark that has results, one panel each.
+
+python -m bench.chart [RESULTS_DIR]     # default: bench/results (the published figures)
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.harness import RESULTS
+from bench.harness import PUBLISHED
 
 
-def _load(name: str) -> dict[str, Any] | None:
-    path = RESULTS / f"{name}.json"
+def _load(results: Path, name: str) -> dict[str, Any] | None:
+    path = results / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -19,7 +22,8 @@ def _latency(side: dict[str, Any]) -> dict[str, float]:
     return lat.get("toStartedOneAtATime", lat["toStarted"])
 
 
-def draw(path: Path = RESULTS / "summary.png") -> Path:
+def draw(results: Path = PUBLISHED) -> Path:
+    path = results / "summary.png"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,19 +32,19 @@ def draw(path: Path = RESULTS / "summary.png") -> Path:
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     (throughput, latency), (api, subscriptions) = axes
 
-    engine = _load("engine")
+    engine = _load(results, "engine")
     if engine:
         cases = [(db, shape) for db, on in engine["databases"].items() for shape in on["shapes"]]
-        results = {(db, shape): engine["databases"][db]["shapes"][shape] for db, shape in cases}
+        by_case = {(db, shape): engine["databases"][db]["shapes"][shape] for db, shape in cases}
         labels = [f"{shape}\n{db}" for db, shape in cases]
         x = range(len(cases))
-        ours = [results[c]["ours"]["activitiesPerSecond"] for c in cases]
-        hand = [results[c]["handwritten"]["activitiesPerSecond"] for c in cases]
+        ours = [by_case[c]["ours"]["activitiesPerSecond"] for c in cases]
+        hand = [by_case[c]["handwritten"]["activitiesPerSecond"] for c in cases]
         throughput.bar([i - 0.2 for i in x], ours, 0.4, label="ours (API + interpreter)")
         throughput.bar([i + 0.2 for i in x], hand, 0.4, label="hand-written workflow")
         for i, c in enumerate(cases):
             throughput.annotate(
-                f"ratio {results[c]['ratio']}",
+                f"ratio {by_case[c]['ratio']}",
                 (i, max(ours[i], hand[i])),
                 ha="center",
                 va="bottom",
@@ -55,8 +59,8 @@ def draw(path: Path = RESULTS / "summary.png") -> Path:
         for c in cases:
             for q in ("p50", "p99"):
                 labels.append(f"{c[1]} {'SQLite' if c[0] == 'sqlite' else 'PG'} {q}")
-                ours_lat.append(_latency(results[c]["ours"])[q])
-                hand_lat.append(_latency(results[c]["handwritten"])[q])
+                ours_lat.append(_latency(by_case[c]["ours"])[q])
+                hand_lat.append(_latency(by_case[c]["handwritten"])[q])
         x = range(len(labels))
         latency.bar([i - 0.2 for i in x], ours_lat, 0.4, label="ours")
         latency.bar([i + 0.2 for i in x], hand_lat, 0.4, label="hand-written")
@@ -65,7 +69,7 @@ def draw(path: Path = RESULTS / "summary.png") -> Path:
         latency.set_title("Scheduling latency, one execution at a time (ms)")
         latency.legend()
 
-    load = _load("api_load")
+    load = _load(results, "api_load")
     if load:
         databases = [d for d in load.get("databases", {})]
         endpoints = sorted({e for d in databases for e in load["databases"][d]["endpoints"]})
@@ -80,7 +84,7 @@ def draw(path: Path = RESULTS / "summary.png") -> Path:
         api.set_title("API under concurrent load")
         api.legend()
 
-    subs = _load("subscription_latency")
+    subs = _load(results, "subscription_latency")
     if subs:
         cases = subs["results"]
         labels = [f"{c['database']}\n{c['subscribers']} sub" for c in cases]
@@ -100,4 +104,6 @@ def draw(path: Path = RESULTS / "summary.png") -> Path:
 
 
 if __name__ == "__main__":
-    print(draw())
+    import sys
+
+    print(draw(Path(sys.argv[1]) if len(sys.argv) > 1 else PUBLISHED))

@@ -38,7 +38,15 @@ from tests.processes import (
     wait_worker_polling,
 )
 
-RESULTS = ROOT / "bench" / "results"
+#: The figures bench/README.md quotes, committed; written only by `python -m bench --publish`.
+PUBLISHED = ROOT / "bench" / "results"
+#: Where this process writes its results: WFO_BENCH_RESULTS (`python -m bench` sets it for the
+#: benchmarks it runs), else a folder of its own under bench/runs/ (not tracked), so that a run
+#: never rewrites the committed figures.
+RESULTS = Path(
+    os.environ.get("WFO_BENCH_RESULTS")
+    or ROOT / "bench" / "runs" / time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
+)
 PASSWORD = "bench-admin-password"
 POSTGRES_ADMIN = os.environ.get("WFO_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -70,6 +78,7 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:
+    """`result` as RESULTS/<name>.json."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
