@@ -50,7 +50,7 @@ def test_the_readme_marks_its_runnable_blocks() -> None:
     text = (REPO_ROOT / "README.md").read_text()
     blocks = runnable_blocks(text)
     assert len(blocks.get("worked-example", [])) == 2, sorted(blocks)
-    assert "users" in blocks and "webhooks" in blocks
+    assert {"quick-start", "users", "webhooks"} <= set(blocks)
     assert sorted(name for name, _ in FILE.findall(text)) == ["receiver.py", "watch.py"]
 
 
@@ -72,6 +72,7 @@ def test_the_runnable_blocks_run_as_written(tmp_path: Path) -> None:
         }
     finally:
         launcher.kill()
+    assert re.search(r'"name":\s*"Sample Workflow"', outputs["quick-start"]), outputs["quick-start"]
     worked = outputs["worked-example"]
     # Step 3 shows the approval's blocker; 4 the failure; 5 the completion; 6 the cancel.
     assert re.search(r'"description":\s*"Task review waits for approval"', worked), worked
