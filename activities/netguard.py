@@ -14,6 +14,8 @@ local development), a request may only go to public addresses:
   `Proxy-Authorization` and any header the caller names as secret-bearing);
 * errors name the host the user gave, never the private address it resolved to (that would map
   the internal network for whoever asks);
+* a name that does not resolve is `UnresolvableHost`, not a refusal: DNS failures pass, so callers
+  that retry (http tasks, webhook deliveries) retry it, and every attempt resolves and checks again;
 * `read_capped` reads a streamed answer up to a number of decoded bytes, decompressing in bounded
   steps, so neither an endless body nor a gzip bomb can exhaust the process.
 """
@@ -56,8 +58,12 @@ class BlockedDestination(Exception):
     """The URL may not be requested; the message says why."""
 
 
-class UnresolvableHost(BlockedDestination):
-    """The name does not resolve (now): nothing can be sent, but it may resolve later."""
+class UnresolvableHost(Exception):
+    """The name does not resolve (now): nothing can be sent, but it may resolve later.
+
+    Not a BlockedDestination: that is a verdict on the URL, final; this is transient, like a
+    refused connection. Whoever retries checks the name again on the next attempt.
+    """
 
 
 class ResponseTooLarge(Exception):
@@ -140,13 +146,18 @@ async def resolve(host: str, port: int, policy: Policy) -> IPAddress:
         try:
             async with asyncio.timeout(policy.resolve_timeout):
                 infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
-            raise UnresolvableHost(f"cannot resolve {host!r}: {exc}") from exc
+        except socket.gaierror as exc:
+            raise UnresolvableHost(f"cannot resolve {host!r}: {exc.strerror or exc}") from exc
+        except UnicodeError as exc:
+            # No DNS answer can fix a name that cannot be encoded (IDNA): not worth retrying.
+            raise BlockedDestination(f"{host!r} is not a valid host name: {exc}") from exc
         except TimeoutError as exc:
-            raise UnresolvableHost(f"resolving {host!r} timed out") from exc
+            raise UnresolvableHost(
+                f"cannot resolve {host!r}: no answer within {policy.resolve_timeout:g} s"
+            ) from exc
         addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
         if not addresses:
-            raise BlockedDestination(f"{host!r} has no address")
+            raise UnresolvableHost(f"cannot resolve {host!r}: no address")
     if not policy.allow_private:
         for address in addresses:
             kind = _kind(address)

@@ -1,8 +1,9 @@
 """Built-in task types run as activities (queue wfo-tasks or a task's own queue). No database access.
 
 * `noop`: result `"success"`.
-* `http`: one HTTP request with httpx (input below); 5xx, 408, 429 and network errors retry,
-  other unexpected statuses do not. Result `{"status", "headers", "body"}`.
+* `http`: one HTTP request with httpx (input below); 5xx, 408, 429 and network errors retry
+  (a host name that does not resolve included), other unexpected statuses and refused
+  destinations do not. Result `{"status", "headers", "body"}`.
 * `python`: the function registered with `@task_function(input.function)`.
 
 `sleep` and `approval` are run by the interpreter workflow itself (a timer, an update), not here.
@@ -26,6 +27,7 @@ from temporalio.exceptions import ApplicationError
 from activities.netguard import (
     BlockedDestination,
     ResponseTooLarge,
+    UnresolvableHost,
     UnsupportedEncoding,
     guarded_request,
     network_policy,
@@ -41,6 +43,8 @@ UNKNOWN_FUNCTION = "UnknownFunction"
 HTTP_CLIENT_ERROR = "HttpClientError"
 HTTP_SERVER_ERROR = "HttpServerError"
 HTTP_NETWORK_ERROR = "HttpNetworkError"
+#: The host name does not resolve (now): retried like a network error, each attempt checked again.
+UNRESOLVABLE_HOST = "UnresolvableHost"
 UNSUPPORTED_ENCODING = "UnsupportedContentEncoding"
 
 DEFAULT_HTTP_TIMEOUT = 30.0
@@ -143,6 +147,9 @@ async def _exchange(
                     raw = await read_capped(response, limit)
                 finally:
                     await response.aclose()
+    except UnresolvableHost as err:
+        # DNS failures are transient; the SSRF check runs again on the next attempt's answer.
+        raise ApplicationError(f"{method} {safe_url} failed: {err}", type=UNRESOLVABLE_HOST) from None
     except BlockedDestination as err:
         raise ApplicationError(
             f"{method} {safe_url} refused: {err}", type=DESTINATION_REFUSED, non_retryable=True

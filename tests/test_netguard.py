@@ -370,6 +370,15 @@ class TestHttpTaskRefused:
         assert reason in error.message and "only public addresses are allowed" in error.message, error.message
         assert loopback.requests == []
 
+    async def test_a_name_that_does_not_resolve_is_retried_not_refused(self) -> None:
+        """Unlike a forbidden address, a DNS failure is transient: the task is retried, and each
+        attempt resolves and checks the name again."""
+        with pytest.raises(ApplicationError) as caught:
+            await run_http_task("http://no-such-host.invalid/report")
+        error = caught.value
+        assert error.type == "UnresolvableHost" and not error.non_retryable, error
+        assert "cannot resolve 'no-such-host.invalid'" in error.message and "refused" not in error.message
+
     @pytest.mark.parametrize(
         ("url", "reason"),
         [

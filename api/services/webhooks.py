@@ -236,6 +236,9 @@ class WebhookService:
         timeout = self.settings.webhook_timeout_seconds
         try:
             response = await send_once(data.url, self.policy, body, headers, timeout)
+        except UnresolvableHost as exc:
+            # One request, not retried: reported as a failure to connect (not a refusal).
+            return WebhookTestResult(success=False, status_code=None, message=f"Could not connect: {exc}")
         except BlockedDestination as exc:
             return WebhookTestResult(success=False, status_code=None, message=f"Refused: {exc}")
         except (TimeoutError, httpx.TimeoutException):
