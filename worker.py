@@ -1,10 +1,14 @@
-"""A worker: `wfo-worker [--queue NAME ...] [--max-concurrent-activities N] [--cpu N --memory MB --gpu N]`.
+"""A worker: `wfo-worker [--queue NAME ...] [--load MODULE ...] [--max-concurrent-activities N] [--cpu N --memory MB --gpu N]`.
 
 Serving the system queue (wfo-system) runs the interpreter workflow and its system activities,
 which need the database settings; any other queue (default wfo-tasks) runs task activities,
 which need no database. A fleet for special hardware serves its own queue, e.g.
 `wfo-worker --queue gpu --gpu 2`, and definitions route tasks there with
-`resourceRequirements.queue`.
+`resourceRequirements.queue`. `--load mymodule` imports a module (from the current folder too)
+whose decorators register task functions and types; the examples stay loaded unless
+--no-examples. Temporal hands a queue's tasks to any worker of the queue: give each bundle of
+code its own queue (`--queue billing --load billing_tasks`), or a task may first land on a
+worker without its code (a retried attempt).
 
 SIGTERM or SIGINT stops polling and gives running activities --graceful-shutdown seconds.
 """
@@ -73,7 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         dest="modules",
         metavar="MODULE",
-        help="Python module that registers task functions or types, repeatable (default: activities.examples)",
+        help="Python module that registers task functions or types, repeatable; found in the current "
+        "folder too. The examples (activities.examples) are loaded as well unless --no-examples",
+    )
+    parser.add_argument(
+        "--no-examples",
+        action="store_true",
+        help="do not load the example task functions (word_count, sum)",
     )
     parser.add_argument(
         "--graceful-shutdown",
@@ -91,7 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, flag)
         if value is not None and value < 0:
             parser.error(f"--{flag} must not be negative")
-    args.modules = args.modules if args.modules is not None else DEFAULT_TASK_MODULES
+    defaults = [] if args.no_examples else DEFAULT_TASK_MODULES
+    args.modules = list(dict.fromkeys([*defaults, *(args.modules or [])]))
     return args
 
 

@@ -1,6 +1,6 @@
 """The task types and python functions a worker runs, and the wrapper every task activity shares.
 
-Two decorators extend a worker (import the module that uses them, e.g. with `--task-module`):
+Two decorators extend a worker (`wfo-worker --load MODULE` imports the module that uses them):
 
 ```python
 from activities.registry import task_function, task_type
@@ -32,7 +32,9 @@ import dataclasses
 import importlib
 import inspect
 import json
+import os
 import re
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import ModuleType
@@ -45,6 +47,7 @@ from temporalio.exceptions import CancelledError as TemporalCancelledError
 
 from activities.capacity import capacity, worker_identity
 from activities.templating import render
+from workflows.constants import UNKNOWN_TASK_TYPE
 from workflows.inputs import TaskInput, TaskOutcome
 
 #: The API's pattern for a task type; python function names follow it too.
@@ -56,7 +59,6 @@ HEARTBEAT_INTERVAL = 5.0
 
 RESULT_TOO_LARGE = "ResultTooLarge"
 INVALID_RESULT = "InvalidResult"
-UNKNOWN_TASK_TYPE = "UnknownTaskType"
 
 #: `fn(input, context)` for the `python` task type: `input` is the task's rendered input without
 #: its `function` key, `context` the execution context; returns JSON. Sync or async.
@@ -143,12 +145,16 @@ task_type = registry.task_type
 
 def task_activities() -> list[Callable[..., Any]]:
     """Everything a task-queue Worker registers: built-in and custom task types, plus a catch-all
-    that fails unknown task types non-retryably (instead of Temporal retrying them forever)."""
+    that fails the attempt of a task type this worker lacks (another worker of the queue may have it)."""
     return [*registry.activities(), unknown_task_type]
 
 
 def load_modules(names: Iterable[str]) -> list[ModuleType]:
-    """Import modules (dotted names) whose decorators register task types or functions."""
+    """Import modules (dotted names) whose decorators register task types or functions; modules
+    in the current folder are found too, as with `python -m` (after the project's own)."""
+    here = os.getcwd()
+    if not any(os.path.abspath(entry or ".") == here for entry in sys.path):
+        sys.path.append(here)
     return [importlib.import_module(name.strip()) for name in names if name.strip()]
 
 
@@ -272,15 +278,20 @@ def check_result_size(result: Any, limit: int) -> int:
 
 @activity.defn(dynamic=True)
 async def unknown_task_type(args: Sequence[RawValue]) -> TaskOutcome:
-    """Any task type this worker does not know: fails at once, non-retryably, naming the known ones."""
+    """Any task type this worker does not have: fails the attempt, retryably, naming the ones it has.
+
+    Temporal hands a queue's tasks to any of its workers, so another one may have loaded the type;
+    the attempts of the task's retry policy bound the search (the workflow shows a blocker meanwhile).
+    """
     info = activity.info()
     where: dict[str, Any] = {"worker": worker_identity(), "attempt": info.attempt, "queue": info.task_queue}
     known = ", ".join(registry.type_names()) or "none"
     raise ApplicationError(
-        f"unknown task type {info.activity_type!r}: the workers on queue {info.task_queue!r} run {known}",
+        f"task type {info.activity_type!r} is not on worker {where['worker']!r} of queue"
+        f" {info.task_queue!r} (it runs {known}); a worker of that queue that loads it"
+        f" (wfo-worker --queue {info.task_queue} --load MODULE) runs a later attempt",
         where,
         type=UNKNOWN_TASK_TYPE,
-        non_retryable=True,
     )
 
 

@@ -82,6 +82,9 @@ class SystemActivities:
                     queue=queue,
                     last_failure=pending.last_failure.message if pending.HasField("last_failure") else None,
                     last_worker=pending.last_worker_identity or None,
+                    last_failure_type=pending.last_failure.application_failure_info.type
+                    if pending.last_failure.HasField("application_failure_info")
+                    else None,
                 )
             )
         waiting_queues = {t.queue for t in found if not t.started}

@@ -24,6 +24,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.capacity import worker_identity
 from activities.netguard import (
     BlockedDestination,
     ResponseTooLarge,
@@ -36,10 +37,10 @@ from activities.netguard import (
 from activities.registry import RESULT_TOO_LARGE, call, current_task, registry, task_type
 from activities.secrets import UsedSecrets
 from activities.templating import render, secret_references
+from workflows.constants import UNKNOWN_FUNCTION
 from workflows.inputs import TaskInput
 
 INVALID_INPUT = "InvalidInput"
-UNKNOWN_FUNCTION = "UnknownFunction"
 HTTP_CLIENT_ERROR = "HttpClientError"
 HTTP_SERVER_ERROR = "HttpServerError"
 HTTP_NETWORK_ERROR = "HttpNetworkError"
@@ -206,12 +207,16 @@ async def python(task: TaskInput) -> Any:
         )
     fn = registry.function(name)
     if fn is None:
-        available = ", ".join(registry.function_names()) or "none"
+        # Retryable: Temporal hands a queue's tasks to any of its workers, and another one may
+        # have loaded the function (the attempts of the task's retry policy bound the search).
+        info = activity.info()
+        available = registry.function_names()
         raise ApplicationError(
-            f"unknown python function {name!r}; this worker has: {available}",
-            {"function": name, "available": registry.function_names()},
+            f"python function {name!r} is not on worker {worker_identity()!r} of queue"
+            f" {info.task_queue!r} (it has: {', '.join(available) or 'none'}); a worker of that queue"
+            f" that loads it (wfo-worker --queue {info.task_queue} --load MODULE) runs a later attempt",
+            {"function": name, "available": available},
             type=UNKNOWN_FUNCTION,
-            non_retryable=True,
         )
     return await call(fn, params, task.context)
 

@@ -116,11 +116,14 @@ def settings_env(settings: Settings, **overrides: Any) -> dict[str, str]:
 class Process:
     """One subprocess of a test: started with `start`, signalled by PID, logging to `log_path`."""
 
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path = REPO
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.env = env
         self.log_path = log_path
+        self.cwd = cwd
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Self:
@@ -132,7 +135,7 @@ class Process:
             out.write(f"--- {self.name}: {' '.join(self.argv)}\n".encode())
             self.popen = subprocess.Popen(
                 self.argv,
-                cwd=REPO,
+                cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -212,8 +215,9 @@ class ProcessSet:
         self.log_dir = log_dir
         self.processes: list[Process] = []
 
-    def add(self, name: str, argv: Sequence[str], env: dict[str, str]) -> Process:
-        process = Process(name, argv, env, self.log_dir / f"{name}.log")
+    def add(self, name: str, argv: Sequence[str], env: dict[str, str], cwd: Path = REPO) -> Process:
+        """A process of this set, not started yet; it runs in `cwd` (the checkout by default)."""
+        process = Process(name, argv, env, self.log_dir / f"{name}.log", cwd)
         self.processes.append(process)
         return process
 

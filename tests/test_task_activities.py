@@ -428,10 +428,12 @@ class TestPythonTask:
         outcome = await run(python_task("tests.echo_async", args=[1, 2]))
         assert outcome.result == {"input": {"args": [1, 2]}, "context": {}}
 
-    async def test_unknown_function_names_the_available_ones(self) -> None:
+    async def test_unknown_function_is_retryable_and_names_the_available_ones(self) -> None:
+        # Another worker of the queue may have it: the next attempt may land there.
         error = await fail(python_task("no_such_function"))
-        assert error.type == "UnknownFunction" and error.non_retryable
+        assert error.type == "UnknownFunction" and not error.non_retryable
         assert "'no_such_function'" in error.message and "word_count" in error.message
+        assert error.details[1]["function"] == "no_such_function"
 
     async def test_missing_function_name(self) -> None:
         error = await fail(make_task("python", {"args": []}))
@@ -643,11 +645,11 @@ class TestRegistry:
         assert [registry.activity(name) for name in ("noop", "http", "python")] == found[:3]
         assert found[-1] is unknown_task_type
 
-    async def test_unknown_task_type_fails_non_retryably(self) -> None:
+    async def test_unknown_task_type_fails_the_attempt_retryably(self) -> None:
         with pytest.raises(ApplicationError) as caught:
             await environment("teleport").run(unknown_task_type, [])
         error = caught.value
-        assert error.type == "UnknownTaskType" and error.non_retryable
+        assert error.type == "UnknownTaskType" and not error.non_retryable
         assert "'teleport'" in error.message and "http" in error.message
         assert set(error.details[0]) == WHERE_KEYS
 

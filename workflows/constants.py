@@ -10,6 +10,13 @@ SYSTEM_TASK_QUEUE = "wfo-system"
 #: Default queue of user task activities; a task's resourceRequirements.queue overrides it.
 DEFAULT_TASK_QUEUE = "wfo-tasks"
 
+#: Error types of a task attempt that landed on a worker without the task's code: a `python`
+#: function or a task type it has not loaded. Temporal routes by queue, not by function, so
+#: another worker of the queue may have it: retried, and a blocker while it goes on.
+UNKNOWN_FUNCTION = "UnknownFunction"
+UNKNOWN_TASK_TYPE = "UnknownTaskType"
+MISSING_CODE_ERRORS = (UNKNOWN_FUNCTION, UNKNOWN_TASK_TYPE)
+
 #: Workflow type of the generic interpreter.
 INTERPRETER_WORKFLOW = "Interpreter"
 #: System (local) activities of the interpreter, served by workers of the system queue.

@@ -258,6 +258,8 @@ class TaskInspection:
     queue_has_pollers: bool | None = None
     last_failure: str | None = None
     last_worker: str | None = None
+    #: The ApplicationError type of the last failed attempt (e.g. UnknownFunction), if any.
+    last_failure_type: str | None = None
 
 
 @dataclass

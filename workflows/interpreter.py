@@ -31,7 +31,14 @@ with workflow.unsafe.imports_passed_through():
     # sandbox, from the sandbox's own `workflows` package, instead of passing it through.
     import workflows.publishing as publishing  # noqa: PLR0402
     from activities.templating import references
-    from workflows.constants import INSPECT_ACTIVITY, INTERPRETER_WORKFLOW, PUBLISH_ACTIVITY, activity_id
+    from workflows.constants import (
+        INSPECT_ACTIVITY,
+        INTERPRETER_WORKFLOW,
+        MISSING_CODE_ERRORS,
+        PUBLISH_ACTIVITY,
+        UNKNOWN_FUNCTION,
+        activity_id,
+    )
     from workflows.inputs import (
         PUBLISH_BY_RUNNER,
         Event,
@@ -44,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         SyncPointSpec,
         TaskCarryOver,
         TaskInput,
+        TaskInspection,
         TaskOutcome,
         TaskSpec,
         pack_carry,
@@ -69,6 +77,10 @@ SLEEP, APPROVAL = "sleep", "approval"
 CONTEXT_BY_REFERENCE = frozenset({"noop", "http"})
 #: A worker answers NotFoundError for an activity type it does not have: never worth retrying.
 UNKNOWN_TYPE_ERROR = "NotFoundError"
+
+#: A failed task's attempts are the ones its last failure reports (before this patch only an
+#: inspection or a completion counted them, so a task that failed after its retries said 1).
+FAILED_ATTEMPTS_PATCH = "failed-task-attempts"
 
 #: Publishing (runs without the patch) retries until the database answers; meanwhile the DAG waits.
 PUBLISH_RETRY = RetryPolicy(
@@ -547,6 +559,10 @@ class InterpreterWorkflow:
             if isinstance(err.cause, CancelledError):
                 self._cancelled(task)
             else:
+                attempt = _failed_attempt(err)
+                # Patched: the id of a later in-place retry's activity counts from these attempts.
+                if attempt is not None and workflow.patched(FAILED_ATTEMPTS_PATCH):
+                    task.attempts = max(task.attempts, task.attempts_before + attempt)
                 self._failed(task, *_describe_failure(err, task.spec))
         except ApplicationError as err:
             self._failed(task, err.message)
@@ -651,7 +667,7 @@ class InterpreterWorkflow:
         self.context_bytes = size
         self.context_version += 1
         task.status, task.ended_at = COMPLETED, workflow.now()
-        self._resolve_blocker(f"no-workers:{task.spec.id}")
+        self._resolve_task_blockers(task)
         self._emit(
             "task.execution.completed",
             {
@@ -670,7 +686,7 @@ class InterpreterWorkflow:
         if resources is not None:
             task.resources = resources
         self._emit("task.execution.failed", self._task_event(task))
-        self._resolve_blocker(f"no-workers:{task.spec.id}")
+        self._resolve_task_blockers(task)
         self._open_blocker(
             f"task-failed:{task.spec.id}",
             "task_failed",
@@ -682,7 +698,7 @@ class InterpreterWorkflow:
         task.status, task.ended_at = CANCELLED, workflow.now()
         self._emit("task.execution.cancelled", self._task_event(task))
         self._resolve_blocker(f"approval:{task.spec.id}")
-        self._resolve_blocker(f"no-workers:{task.spec.id}")
+        self._resolve_task_blockers(task)
 
     async def _cancel_all(self, reason: str) -> None:
         """Cancel every running task and wait until each has been marked."""
@@ -936,6 +952,18 @@ class InterpreterWorkflow:
                 )
             elif seen.started or seen.queue_has_pollers:
                 self._resolve_blocker(key)
+            # Attempts that landed on workers without the task's code (another worker of the
+            # queue may have it): visible while the retries go on. Inspections recorded before
+            # this field existed replay with None here, so no new event appears in old runs.
+            if seen.last_failure_type in MISSING_CODE_ERRORS:
+                self._open_blocker(
+                    f"missing-code:{task.spec.id}",
+                    "missing_code",
+                    _missing_code(task.spec, seen),
+                    task.spec.id,
+                )
+            elif seen.last_failure_type is not None:
+                self._resolve_blocker(f"missing-code:{task.spec.id}")
         await self._flush()
 
     # --- events --------------------------------------------------------------------------
@@ -997,12 +1025,43 @@ class InterpreterWorkflow:
         self.blockers[key] = blocker
         self._emit("blocker.detected", blocker.snapshot())
 
+    def _resolve_task_blockers(self, task: TaskState) -> None:
+        """An ended task waits for no worker and no code any more."""
+        self._resolve_blocker(f"no-workers:{task.spec.id}")
+        self._resolve_blocker(f"missing-code:{task.spec.id}")
+
     def _resolve_blocker(self, key: str) -> None:
         blocker = self.blockers.get(key)
         if blocker is None or blocker.resolved_at is not None:
             return
         blocker.resolved_at = workflow.now()
         self._emit("blocker.resolved", blocker.snapshot())
+
+
+def _failed_attempt(err: ActivityError) -> int | None:
+    """The attempt number a task's last failure reports (run_task puts it in its first detail)."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], dict):
+        attempt = cause.details[0].get("attempt")
+        if isinstance(attempt, int) and not isinstance(attempt, bool):
+            return attempt
+    return None
+
+
+def _missing_code(spec: TaskSpec, seen: TaskInspection) -> str:
+    """A missing-code blocker's text: what the task needs, on which queue, and what to do."""
+    function = (spec.input or {}).get("function") if spec.type == "python" else None
+    what = (
+        f"python function {function!r}"
+        if seen.last_failure_type == UNKNOWN_FUNCTION
+        else f"task type {spec.type!r}"
+    )
+    last = f" (the last: {seen.last_worker})" if seen.last_worker else ""
+    return (
+        f"Task {spec.id} needs {what}, which the workers of queue {seen.queue!r} that took it do not"
+        f" have{last}; it is retried until a worker with it takes it or its attempts run out"
+        f" (wfo-worker --queue {seen.queue} --load MODULE)"
+    )
 
 
 def _resources(spec: TaskSpec, worker: str, queue: str) -> dict[str, Any]:
