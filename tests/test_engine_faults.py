@@ -532,11 +532,16 @@ class TestDatabaseDown:
                 types = [e.event_type for e in history.events]
                 assert EventType.EVENT_TYPE_TIMER_FIRED in types  # the nap is over...
                 assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in types  # ...but its dependent waits
-                assert len(history.events) == length, (
-                    "retries of the failed workflow task add nothing to the history"
-                )
-                # Temporal records a failure or two (as the task leaves the worker's sticky queue),
-                # then retries without recording.
+                # Temporal records a failure or two (the second as the task leaves the worker's
+                # sticky queue: scheduled, started, failed, which a busy machine may only get to
+                # after the first look above), then retries without recording anything.
+                added = types[length:]
+                one_more_failure = [
+                    EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+                    EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+                    EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
+                ]
+                assert added in ([], one_more_failure), "retries of the failed workflow task add nothing else"
                 assert 1 <= types.count(EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED) <= 2
 
             final = await api.wait_status(execution["id"], timeout=60)
