@@ -29,7 +29,7 @@ from activities.registry import load_modules
 from api.app import create_app
 from api.settings import Settings
 from tests.loopback import loopback  # noqa: F401  (a real HTTP server on loopback, for any test)
-from tests.processes import fresh_postgres_database
+from tests.processes import ApiClient, ProcessSet, fresh_postgres_database, running_processes, wait_http_ready
 from tests.throwaway_postgres import DEFAULT_URL, answers, throwaway_postgres
 from workflows.constants import SEARCH_ATTRIBUTES
 
@@ -245,6 +245,25 @@ async def worker(temporal_env: WorkflowEnvironment, settings: Settings) -> Async
     """A worker for the test's settings (system queue and default task queue)."""
     async with running_worker(temporal_env.client, settings) as workers:
         yield workers
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[ProcessSet]:
+    """Subprocesses of this test: stopped at its end, their logs shown if it fails."""
+    with running_processes(tmp_path / "logs") as procs:
+        yield procs
+
+
+@pytest_asyncio.fixture
+async def api(settings: Settings, processes: ProcessSet) -> AsyncIterator[ApiClient]:
+    """The real API process (it migrates the database before any worker starts), logged in as
+    admin. Modules with an API of another kind define their own `api`."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    process = processes.start_api(settings, port)
+    await wait_http_ready(process, f"{base_url}/readyz")
+    async with httpx.AsyncClient(base_url=base_url, timeout=90, trust_env=False) as http:
+        yield await ApiClient.login(http, "admin", ADMIN_PASSWORD)
 
 
 def problem(response: httpx.Response, status: int) -> dict:

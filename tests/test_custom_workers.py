@@ -19,27 +19,20 @@ import sys
 import time
 import tomllib
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
 from api.settings import Settings
-from tests.conftest import ADMIN_PASSWORD
 from tests.processes import (
     REPO,
     ApiClient,
     Process,
     ProcessSet,
-    free_port,
-    running_processes,
     settings_env,
     task_of,
-    wait_http_ready,
     wait_worker_polling,
 )
 from worker import DEFAULT_TASK_MODULES, parse_args
@@ -83,30 +76,12 @@ def settings(engine_settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[ProcessSet]:
-    """Subprocesses of this test: stopped at its end, their logs shown if it fails."""
-    with running_processes(tmp_path / "logs") as procs:
-        yield procs
-
-
-@pytest.fixture
 def project(tmp_path: Path) -> Path:
     """The user's folder with `mymodule.py` in it."""
     folder = tmp_path / "project"
     folder.mkdir()
     (folder / "mymodule.py").write_text(USER_MODULE)
     return folder
-
-
-@pytest_asyncio.fixture
-async def api(settings: Settings, processes: ProcessSet) -> AsyncIterator[ApiClient]:
-    """The real API process (it migrates the database before any worker starts), logged in as admin."""
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    process = processes.start_api(settings, port)
-    await wait_http_ready(process, f"{base_url}/readyz")
-    async with httpx.AsyncClient(base_url=base_url, timeout=90, trust_env=False) as http:
-        yield await ApiClient.login(http, "admin", ADMIN_PASSWORD)
 
 
 def python_task(

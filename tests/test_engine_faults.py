@@ -34,7 +34,6 @@ from tests.processes import (
     ApiClient,
     ProcessSet,
     free_port,
-    running_processes,
     task_of,
     wait_http_ready,
     wait_temporal_ready,
@@ -49,13 +48,6 @@ pytestmark = pytest.mark.slow
 def settings(engine_settings: Settings) -> Settings:
     # A killed worker's task is noticed after 3 s of silence.
     return engine_settings.model_copy(update={"task_heartbeat_timeout_seconds": 3})
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[ProcessSet]:
-    """Subprocesses of this test: stopped at its end, their logs shown if it fails."""
-    with running_processes(tmp_path / "logs") as procs:
-        yield procs
 
 
 @contextlib.asynccontextmanager

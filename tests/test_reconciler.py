@@ -16,7 +16,6 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -52,7 +51,7 @@ from api.settings import Settings
 from tests.conftest import ADMIN_PASSWORD, login, make_settings, problem, running_worker, temporal_address
 from tests.graphql_client import data_of, gql
 from tests.loopback import LoopbackServer
-from tests.processes import ApiClient, ProcessSet, running_processes, task_of, wait_worker_polling
+from tests.processes import ApiClient, ProcessSet, task_of, wait_worker_polling
 from tests.tcp_proxy import Mode, TcpProxy
 from tests.webhook_support import register
 from workflows.constants import RECONCILER_WORKFLOW, reconciler_schedule_id, workflow_id
@@ -86,12 +85,6 @@ def settings(engine_settings: Settings) -> Settings:
 @pytest_asyncio.fixture
 async def api(client: httpx.AsyncClient, admin: dict[str, str]) -> ApiClient:
     return ApiClient(client, admin)
-
-
-@pytest.fixture
-def processes(tmp_path: Path):
-    with running_processes(tmp_path / "logs") as procs:
-        yield procs
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import hmac
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,6 @@ from tests.conftest import ADMIN_PASSWORD, free_port, login, problem, running_wo
 from tests.graphql_client import data_of, error_of, gql
 from tests.loopback import RecordedRequest, Reply
 from tests.processes import (
-    ProcessSet,
-    running_processes,
     wait_http_ready,
     wait_temporal_ready,
     wait_worker_polling,
@@ -555,12 +552,6 @@ class TestRetries:
 
 
 # --- restarts --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[ProcessSet]:
-    with running_processes(tmp_path / "logs") as procs:
-        yield procs
 
 
 @pytest.mark.slow

@@ -15,29 +15,21 @@ from __future__ import annotations
 import base64
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import pytest_asyncio
 from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from api.codec import data_converter
 from api.settings import Settings
-from tests.conftest import ADMIN_PASSWORD
 from tests.loopback import LoopbackServer, Reply
 from tests.processes import (
     ApiClient,
     Process,
     ProcessSet,
-    free_port,
-    running_processes,
     task_of,
-    wait_http_ready,
     wait_worker_polling,
 )
 from tests.test_engine_faults import gated
@@ -61,24 +53,6 @@ def settings(request: pytest.FixtureRequest, engine_settings: Settings) -> Setti
         return settings
     key = base64.b64encode(os.urandom(32)).decode()
     return settings.model_copy(update={"payload_keys": SecretStr(f"k1:{key}")})
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[ProcessSet]:
-    """Subprocesses of this test: stopped at its end, their logs shown if it fails."""
-    with running_processes(tmp_path / "logs") as procs:
-        yield procs
-
-
-@pytest_asyncio.fixture
-async def api(settings: Settings, processes: ProcessSet) -> AsyncIterator[ApiClient]:
-    """The real API process (it migrates the database before any worker starts), logged in as admin."""
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    process = processes.start_api(settings, port)
-    await wait_http_ready(process, f"{base_url}/readyz")
-    async with httpx.AsyncClient(base_url=base_url, timeout=90, trust_env=False) as http:
-        yield await ApiClient.login(http, "admin", ADMIN_PASSWORD)
 
 
 async def start_worker(
