@@ -15,6 +15,7 @@ for REST at the next request:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -214,7 +215,7 @@ def _too_many_operations(limit: int) -> GraphQLError:
     )
 
 
-class _SessionGuard:
+class _SessionGuard(abc.ABC):
     """What both protocols' handlers add to strawberry's: admission at connection_init (the
     per-user connection limit), a check of the session before each operation (and the
     per-connection operation limit), a watchdog, and the end of the session.
@@ -243,11 +244,13 @@ class _SessionGuard:
         finally:
             await self._finish()
 
+    @abc.abstractmethod
     def _busy(self) -> bool:
-        raise NotImplementedError
+        """Whether operations run on this connection (each protocol keeps them its own way)."""
 
+    @abc.abstractmethod
     async def _stop_operations(self) -> None:
-        raise NotImplementedError
+        """End every operation running on this connection."""
 
     async def _admit(self, payload: dict[str, object] | None) -> bool:
         """connection_init: counts the connection against its user's limit; False if refused

@@ -29,7 +29,7 @@ from api.graphql.types import (
 )
 from api.models.base import RequestModel
 from api.models.definitions import DefinitionIn
-from api.models.executions import ExecutionCreate, TaskRejection
+from api.models.executions import MAX_IDEMPOTENCY_KEY, ExecutionCreate, TaskRejection
 from api.models.users import Role
 from api.models.webhooks import WebhookCreate, WebhookTest, WebhookUpdate
 from api.problems import parse_body
@@ -52,7 +52,7 @@ def _context_object(value: Any) -> Any:
 class IdempotencyKeyIn(RequestModel):
     """GraphQL's `idempotencyKey` input field, bounded as REST's Idempotency-Key header is."""
 
-    idempotency_key: Annotated[str, StringConstraints(max_length=255)] | None = None
+    idempotency_key: Annotated[str, StringConstraints(max_length=MAX_IDEMPOTENCY_KEY)] | None = None
 
 
 @strawberry.type

@@ -15,6 +15,9 @@ from sqlmodel import Field as Column_
 from api.db import JSONDocument, UTCDateTime, utcnow
 from api.models.base import ApiModel, RequestModel, Timestamp
 
+#: Longest idempotency key a start takes (the REST header and the GraphQL field alike).
+MAX_IDEMPOTENCY_KEY = 255
+
 
 class ExecutionStatus(StrEnum):
     RUNNING = "RUNNING"
@@ -55,7 +58,9 @@ class ExecutionRow(SQLModel, table=True):
     workflow_id: str = Column_(sa_column=Column(sa.String(255), nullable=False))
     run_id: str | None = Column_(default=None, sa_column=Column(sa.String(64), nullable=True))
     created_by: int | None = Column_(default=None, sa_column=Column(sa.Integer, nullable=True))
-    idempotency_key: str | None = Column_(default=None, sa_column=Column(sa.String(255), nullable=True))
+    idempotency_key: str | None = Column_(
+        default=None, sa_column=Column(sa.String(MAX_IDEMPOTENCY_KEY), nullable=True)
+    )
     #: Digest of the request a key was first used with: the same key with another request is refused.
     request_digest: str | None = Column_(default=None, sa_column=Column(sa.String(64), nullable=True))
     context: dict[str, Any] = Column_(sa_column=Column(JSONDocument, nullable=False))

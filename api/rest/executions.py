@@ -17,6 +17,7 @@ from api.errors import (
 )
 from api.models.base import Page
 from api.models.executions import (
+    MAX_IDEMPOTENCY_KEY,
     ExecutionCreate,
     ExecutionPublic,
     ExecutionPublicV2,
@@ -40,7 +41,7 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
-        max_length=255,
+        max_length=MAX_IDEMPOTENCY_KEY,
         description="Retrying a start with the same key returns the first execution instead of a second one.",
     ),
 ]
