@@ -24,6 +24,7 @@ from api.middleware import (
     media_type,
 )
 from api.models.definitions import configure_limits
+from api.pages import STATIC_PATH, pages_router, static_files
 from api.rest import auth, executions, health, tasks, users, webhooks, workflows
 from api.services.definitions import system_queues
 from api.services.events import EventFeed
@@ -133,10 +134,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         swagger_ui_parameters={"persistAuthorization": True},
-        # The consoles only in dev mode unless asked for (WFO_API_DOCS). /openapi.json stays: it is
-        # the published contract clients generate code from, and says nothing the API reference does not.
-        docs_url="/docs" if settings.api_docs else None,
-        redoc_url="/redoc" if settings.api_docs else None,
+        # Swagger UI is served by api/pages (assets from this service, not a CDN), below; ReDoc is not
+        # offered (api/pages.pages_router says why).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     # Checked while a body is validated, before any dependency runs (oversized definitions cost nothing more).
@@ -148,6 +149,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(graphql_router(settings))
     app.include_router(health.router)
+    # The consoles only in dev mode unless asked for (WFO_API_DOCS). /openapi.json stays: it is
+    # the published contract clients generate code from, and says nothing the API reference does not.
+    if settings.api_docs:
+        app.include_router(pages_router(app))
+        app.mount(STATIC_PATH, static_files(), name="static")
 
     problems.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

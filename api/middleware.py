@@ -376,11 +376,9 @@ _EVERY_ANSWER = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
-#: JSON (and any other answer that is not a page) loads and runs nothing.
+#: Every answer that does not set its own policy loads and runs nothing. The pages (api/pages) set
+#: theirs: scripts, styles and connections from this service only.
 _STRICT_CSP = "default-src 'none'; frame-ancestors 'none'"
-#: The HTML consoles (Swagger UI, ReDoc, GraphiQL) load scripts and styles from a CDN and inline:
-#: they get only the part of the policy they survive.
-_PAGE_CSP = "frame-ancestors 'none'"
 
 
 class SecurityHeadersMiddleware:
@@ -399,8 +397,7 @@ class SecurityHeadersMiddleware:
                 headers = MutableHeaders(scope=message)
                 for name, value in _EVERY_ANSWER.items():
                     headers.setdefault(name, value)
-                page = headers.get("content-type", "").lower().startswith("text/html")
-                headers.setdefault("Content-Security-Policy", _PAGE_CSP if page else _STRICT_CSP)
+                headers.setdefault("Content-Security-Policy", _STRICT_CSP)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

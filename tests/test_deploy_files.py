@@ -110,7 +110,8 @@ class TestDockerfile:
         setuptools = PYPROJECT["tool"]["setuptools"]
         needed = {f"{module}.py" for module in setuptools["py-modules"]}
         needed |= {pattern.rstrip("*") for pattern in setuptools["packages"]["find"]["include"]}
-        needed |= {"pyproject.toml", PYPROJECT["project"]["readme"]}
+        # setup.py: the build step that brings the pages' browser assets (api/pages/vendor.py).
+        needed |= {"pyproject.toml", "setup.py", PYPROJECT["project"]["readme"]}
         assert needed <= copied, f"not copied into the build: {sorted(needed - copied)}"
 
     def test_default_command_is_a_console_script(self) -> None:

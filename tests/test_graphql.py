@@ -401,6 +401,21 @@ class TestGraphiQL:
         assert response.status_code == 400, "a GET (a link, an <img>) never changes anything"
         assert (await client.get("/api/v2/workflows", headers=operator)).json()["total"] == 0
 
+    async def test_a_subscription_over_http_is_told_where_subscriptions_run(self, client, viewer, caplog):
+        # It once ran as a query and ended in "An unexpected error occurred." (a null for a
+        # non-null field), logged as an unhandled error; GraphiQL sends one so when it cannot
+        # tell a document is a subscription.
+        subscription = 'subscription { workflowExecutionUpdated(id: "1") { id status } }'
+        for method in ("POST", "GET"):
+            if method == "POST":
+                result = await gql(client, subscription, headers=viewer)
+            else:
+                response = await client.get("/graphql", params={"query": subscription}, headers=viewer)
+                result = response.json()
+            error = error_of(result, "BAD_REQUEST")
+            assert "served over WebSocket" in error["message"], error
+        assert "unhandled error" not in caplog.text
+
 
 # --- 1. the rest of the schema ------------------------------------------------------------------
 

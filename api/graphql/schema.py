@@ -7,6 +7,9 @@ from functools import partial
 from typing import Any
 
 import strawberry
+from fastapi import Request, WebSocket
+from fastapi.responses import HTMLResponse
+from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql import GraphQLError
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import DisableIntrospection, MaxTokensLimiter, SchemaExtension
@@ -14,6 +17,7 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.schema.config import StrawberryConfig
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.types import ExecutionContext
+from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UnsetType
 
 from api.errors import AppError
@@ -24,6 +28,7 @@ from api.graphql.mutations import Mutation
 from api.graphql.queries import Query
 from api.graphql.scalars import SCALARS
 from api.graphql.subscriptions import Subscription
+from api.pages import graphiql_page
 from api.settings import Settings
 
 
@@ -66,10 +71,33 @@ class DocumentLimitsGuard(SchemaExtension):
         yield
 
 
+class SubscriptionsOverWebSocket(SchemaExtension):
+    """A subscription sent over plain HTTP would run as a query and end in a null for a
+    non-null field (an "unexpected error"): answer where subscriptions are served instead."""
+
+    def on_execute(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.operation_type is OperationType.SUBSCRIPTION and not isinstance(
+            getattr(context.context, "request", None), WebSocket
+        ):
+            context.result = GraphQLExecutionResult(
+                data=None,
+                errors=[
+                    GraphQLError(
+                        "subscriptions are served over WebSocket at /graphql (graphql-transport-ws or graphql-ws), "
+                        "not over HTTP",
+                        extensions={"code": "BAD_REQUEST", "status": 400},
+                    )
+                ],
+            )
+        yield
+
+
 def build_schema(settings: Settings) -> strawberry.Schema:
     # Factories, not instances: strawberry builds each request its own extension objects.
     extensions: list[Any] = [
         ProblemErrors,
+        SubscriptionsOverWebSocket,
         partial(MaxTokensLimiter, max_token_count=settings.graphql_max_tokens),
         partial(DocumentLimitsGuard, document_limits(settings)),
     ]
@@ -99,6 +127,10 @@ class AuthenticatedRouter(GraphQLRouter[Context, None]):
         except AppError as exc:
             raise ConnectionRejectionError({"code": code_of(exc), "message": exc.detail}) from exc
         return await super().on_ws_connect(context)
+
+    async def render_graphql_ide(self, request: Request) -> HTMLResponse:
+        # GraphiQL from this service's own assets (api/pages), not strawberry's CDN page.
+        return graphiql_page(request)
 
 
 def graphql_router(settings: Settings) -> GraphQLRouter[Context, None]:
