@@ -44,6 +44,7 @@ from temporalio.testing import WorkflowEnvironment
 from api import pages
 from api.app import create_app
 from api.pages import vendor
+from api.settings import Settings
 from tests.conftest import ADMIN_PASSWORD, make_settings, running_worker, temporal_address
 from tests.processes import REPO, ApiClient, free_port, running_processes, wait_http_ready
 
@@ -124,18 +125,16 @@ def assert_self_only(policy: str, host: str) -> None:
             assert urlsplit(value).netloc == host and value.startswith(("ws://", "wss://")), (name, value)
 
 
-@pytest_asyncio.fixture
-async def docs_app(tmp_path: Path) -> AsyncIterator[FastAPI]:
-    app = create_app(make_settings(f"sqlite:///{tmp_path / 'wfo.db'}", tmp_path, api_docs=True))
-    async with app.router.lifespan_context(app):
-        yield app
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """The pages do not touch the database: SQLite alone."""
+    return f"sqlite:///{tmp_path / 'wfo.db'}"
 
 
-@pytest_asyncio.fixture
-async def docs_client(docs_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=docs_app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as http:
-        yield http
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    """conftest's `app` and `client` with the pages on (as in dev mode)."""
+    return make_settings(database_url, tmp_path, api_docs=True)
 
 
 def get_paths(routes: list[Any], prefix: str = "") -> Iterator[str]:
@@ -151,74 +150,74 @@ def get_paths(routes: list[Any], prefix: str = "") -> Iterator[str]:
 class TestPagesAsServed:
     @pytest.mark.parametrize("path", PAGES)
     async def test_everything_a_page_loads_comes_from_this_service_with_its_hash(
-        self, docs_client: httpx.AsyncClient, path: str
+        self, client: httpx.AsyncClient, path: str
     ) -> None:
-        response = await docs_client.get(path, headers={"Accept": "text/html"})
+        response = await client.get(path, headers={"Accept": "text/html"})
         assert response.status_code == 200, response.text
         assert PAGES[path] in response.text
         assert response.headers["cache-control"] == "no-store"
-        assert_self_only(response.headers["content-security-policy"], "127.0.0.1:8000")
+        assert_self_only(response.headers["content-security-policy"], "testserver")
         links = links_of(response.text)
         assert links.inline_scripts == 0 and links.inline_styles == 0
         scripts = [load for load in links.loads if load[0] in ("script", "link")]
         assert len(scripts) >= 3, links.loads
         for tag, url, integrity in links.loads:
             assert url.startswith("/") and not url.startswith("//"), (tag, url)
-            asset = await docs_client.get(url)
+            asset = await client.get(url)
             assert asset.status_code == 200, url
             if tag == "script" or (tag == "link" and url.endswith(".css")):
                 assert integrity is not None and vendor.matches(integrity, asset.content), (url, integrity)
 
-    async def test_graphiql_may_connect_to_its_websocket_only(self, docs_client: httpx.AsyncClient) -> None:
-        response = await docs_client.get("/graphql", headers={"Accept": "text/html"})
+    async def test_graphiql_may_connect_to_its_websocket_only(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/graphql", headers={"Accept": "text/html"})
         connect = directives(response.headers["content-security-policy"])["connect-src"]
-        assert connect == ["'self'", "ws://127.0.0.1:8000/graphql", "wss://127.0.0.1:8000/graphql"]
+        assert connect == ["'self'", "ws://testserver/graphql", "wss://testserver/graphql"]
         # A Host that is not a plain host[:port] is not repeated into the policy.
-        odd = await docs_client.get("/graphql", headers={"Accept": "text/html", "Host": "x; script-src *"})
+        odd = await client.get("/graphql", headers={"Accept": "text/html", "Host": "x; script-src *"})
         assert directives(odd.headers["content-security-policy"])["connect-src"] == ["'self'"]
 
     async def test_vendored_files_are_cached_for_good_ours_revalidated(
-        self, docs_client: httpx.AsyncClient
+        self, client: httpx.AsyncClient
     ) -> None:
-        html = (await docs_client.get("/docs")).text
+        html = (await client.get("/docs")).text
         urls = [url for _, url, _ in links_of(html).loads]
         vendored = next(url for url in urls if "/vendor/" in url)
         own = next(url for url in urls if url.endswith("docs.js"))
-        assert (await docs_client.get(vendored)).headers["cache-control"] == pages.IMMUTABLE
-        first = await docs_client.get(own)
+        assert (await client.get(vendored)).headers["cache-control"] == pages.IMMUTABLE
+        first = await client.get(own)
         assert first.headers["cache-control"] == pages.REVALIDATE
-        again = await docs_client.get(own, headers={"If-None-Match": first.headers["etag"]})
+        again = await client.get(own, headers={"If-None-Match": first.headers["etag"]})
         assert again.status_code == 304
 
     async def test_every_html_answer_of_every_route_keeps_the_rule(
-        self, docs_app: FastAPI, docs_client: httpx.AsyncClient
+        self, app: FastAPI, client: httpx.AsyncClient
     ) -> None:
         # Future pages included: each GET route without path parameters, asked for HTML.
-        paths = sorted(path for path in get_paths(docs_app.routes) if "{" not in path)
+        paths = sorted(path for path in get_paths(app.routes) if "{" not in path)
         assert {"/docs", "/graphql", "/healthz", "/api/workflows"} <= set(paths), paths
         html_pages = []
         for path in paths:
-            response = await docs_client.get(path, headers={"Accept": "text/html"})
+            response = await client.get(path, headers={"Accept": "text/html"})
             policy = response.headers["content-security-policy"]
             if not response.headers.get("content-type", "").startswith("text/html"):
                 assert policy == "default-src 'none'; frame-ancestors 'none'", path
                 continue
             html_pages.append(path)
-            assert_self_only(policy, "127.0.0.1:8000")
+            assert_self_only(policy, "testserver")
             for _, url, _ in links_of(response.text).loads:
                 assert url.startswith("/") and not url.startswith("//"), (path, url)
         assert set(PAGES) <= set(html_pages), html_pages
 
-    async def test_redoc_is_not_offered(self, docs_client: httpx.AsyncClient) -> None:
+    async def test_redoc_is_not_offered(self, client: httpx.AsyncClient) -> None:
         # Its bundle loads its logo from cdn.redoc.ly whatever the options (api/pages says more).
-        assert (await docs_client.get("/redoc")).status_code == 404
+        assert (await client.get("/redoc")).status_code == 404
 
     async def test_without_the_assets_the_pages_say_so(
-        self, docs_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+        self, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setattr(pages, "assets_installed", lambda: False)
         for path in PAGES:
-            response = await docs_client.get(path, headers={"Accept": "text/html"})
+            response = await client.get(path, headers={"Accept": "text/html"})
             assert response.status_code == 503, path
             assert response.headers["content-type"] == "application/problem+json"
             assert "python api/pages/vendor.py" in response.json()["detail"]
@@ -284,6 +283,12 @@ class Registry:
         )
         self.lock.write_text(json.dumps(document))
 
+    def pin_file(self, path: str, data: bytes) -> None:
+        """Make the lock expect `data` at `path` of the last package published."""
+        document = json.loads(self.lock.read_text())
+        document["packages"][-1]["files"][path] = vendor.sri("sha384", data)
+        self.lock.write_text(json.dumps(document))
+
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Registry:
@@ -321,18 +326,14 @@ class TestVendoring:
 
     def test_a_file_that_differs_from_its_hash_is_refused(self, registry: Registry) -> None:
         registry.publish("pkg", "1.0.0", {"a.js": b"a\n"})
-        document = json.loads(registry.lock.read_text())
-        document["packages"][0]["files"]["a.js"] = vendor.sri("sha384", b"something else")
-        registry.lock.write_text(json.dumps(document))
+        registry.pin_file("a.js", b"something else")
         with pytest.raises(vendor.VendorError, match="a.js does not match"):
             vendor.ensure(registry.vendor_dir, registry.lock, registry.url, log=False)
         assert not (registry.vendor_dir / "pkg@1.0.0").exists()
 
     def test_a_pinned_file_missing_from_the_tarball_is_refused(self, registry: Registry) -> None:
         registry.publish("pkg", "1.0.0", {"a.js": b"a\n"})
-        document = json.loads(registry.lock.read_text())
-        document["packages"][0]["files"]["b.js"] = vendor.sri("sha384", b"b\n")
-        registry.lock.write_text(json.dumps(document))
+        registry.pin_file("b.js", b"b\n")
         with pytest.raises(vendor.VendorError, match="has no b.js"):
             vendor.ensure(registry.vendor_dir, registry.lock, registry.url, log=False)
 
