@@ -130,12 +130,12 @@ class ReversedStartOrder(InterpreterWorkflow):
     """Starts ready tasks in reverse definition order: other activities at the same command positions."""
 
     def _advance(self) -> None:
-        order = self.order
-        self.order = {task_id: -position for task_id, position in order.items()}
+        order = self.dag.order
+        self.dag.order = {task_id: -position for task_id, position in order.items()}
         try:
             super()._advance()
         finally:
-            self.order = order
+            self.dag.order = order
 
     @workflow.run
     async def run(self, input: InterpreterInput) -> InterpreterResult:

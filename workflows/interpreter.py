@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         UNKNOWN_FUNCTION,
         activity_id,
     )
+    from workflows.dag import DagMachine
     from workflows.inputs import (
         PUBLISH_BY_RUNNER,
         Event,
@@ -115,8 +116,8 @@ class InterpreterWorkflow:
         specs = input.task_specs()
         self.tasks = {spec.id: TaskState(spec) for spec in specs}
         self.sync_points: dict[str, SyncPointSpec] = {p.id: p for p in input.sync_points}
+        #: When each synchronization point was reached (the DAG's rules are in self.dag).
         self.reached: dict[str, datetime] = {}
-        self.missed: set[str] = set()
         self.blockers: dict[str, Blocker] = {}
         self.context: dict[str, Any] = dict(input.context)
         self.context_version = 1
@@ -150,23 +151,15 @@ class InterpreterWorkflow:
         #: Task input bytes scheduled in the current activation, and when it began.
         self.scheduled_bytes = 0
         self.scheduled_at: float | None = None
-        # Incremental bookkeeping, so a completion costs its out-degree, not the DAG's size.
-        self.order = {spec.id: index for index, spec in enumerate(specs)}
-        self.dependents: dict[str, list[str]] = {}  # node -> tasks that depend on it
-        self.gates: dict[str, list[str]] = {}  # task -> synchronization points that require it
-        for spec in specs:
-            for dep in spec.dependencies:
-                self.dependents.setdefault(dep, []).append(spec.id)
-        for point in input.sync_points:
-            for required in point.required_tasks:
-                self.gates.setdefault(required, []).append(point.id)
-        self.unmet = {spec.id: len(set(spec.dependencies)) for spec in specs}
-        self.sync_unmet = {point.id: len(set(point.required_tasks)) for point in input.sync_points}
-        self.ready: set[str] = set()
+        #: The DAG's rules (what may start, what a synchronization point still needs), apart from
+        #: Temporal: a pure machine that this workflow tells what happened and asks what follows.
+        self.dag = DagMachine(
+            [(spec.id, spec.dependencies) for spec in specs],
+            [(point.id, point.required_tasks) for point in input.sync_points],
+        )
         self.running: dict[str, TaskState] = {}
         #: Marked as started, events not yet published, not running yet.
         self.starting: list[TaskState] = []
-        self.completed = 0
         #: The history grew long: nothing new starts; once running activities are done, the
         #: execution continues as a new run (continue-as-new).
         self.draining = False
@@ -193,9 +186,11 @@ class InterpreterWorkflow:
                 elif carried.status == WAITING and resume.continued:
                     task.status, task.carried = WAITING, True
                 # Everything else (the retried task, tasks never run or cancelled) starts again.
-            for task in self.tasks.values():
-                if task.status == COMPLETED:
-                    self._node_done(task.spec.id, announce=False)
+            self.dag.restore(
+                [task.spec.id for task in self.tasks.values() if task.status == COMPLETED],
+                resume.reached_sync_points,
+                self._pending,
+            )
             for snapshot in resume.blockers:
                 blocker = Blocker(
                     snapshot["key"],
@@ -205,9 +200,7 @@ class InterpreterWorkflow:
                     _time(snapshot["createdAt"]),
                 )
                 self.blockers[blocker.key] = blocker
-        self.ready |= {
-            tid for tid, count in self.unmet.items() if count == 0 and self.tasks[tid].status == PENDING
-        }
+        self.dag.start_ready(self._pending)
         #: The context's size as compact JSON, kept up to date as results are merged.
         self.context_bytes = _json_size(self.context)
 
@@ -236,7 +229,7 @@ class InterpreterWorkflow:
                     break
                 if self._handover_due():
                     await self._continue_as_new()
-                if self.ready and not self.draining and self.failure is None:
+                if self.dag.ready and not self.draining and self.failure is None:
                     # Some ready tasks did not fit into this workflow task: the next one starts them.
                     await workflow.sleep(timedelta(milliseconds=1))
                 else:
@@ -338,17 +331,17 @@ class InterpreterWorkflow:
         if not workflow.unsafe.is_replaying():
             self.caught_up = True
         if self.failure is not None:
-            self.ready = set()
+            self.dag.clear_ready()
             return  # a missed synchronization point failed the execution: nothing new starts
         if self.draining:
             return  # the next run starts them
-        ready, self.ready = sorted(self.ready, key=self.order.__getitem__), set()
+        ready = self.dag.take_ready()
         for index, task_id in enumerate(ready):
             task = self.tasks[task_id]
             if task.status != PENDING:
                 continue
             if self.through and not self._fits(task):
-                self.ready.update(ready[index:])  # the next workflow task (or run) starts them
+                self.dag.defer(ready[index:])  # the next workflow task (or run) starts them
                 return
             self._start(task)
 
@@ -382,23 +375,8 @@ class InterpreterWorkflow:
             if task.spec.type not in (SLEEP, APPROVAL):
                 self.activities_running += 1
 
-    def _node_done(self, node_id: str, *, announce: bool = True) -> None:
-        """A task completed or a synchronization point was reached: count it off for what waits on it."""
-        for dependent in self.dependents.get(node_id, ()):
-            self.unmet[dependent] -= 1
-            if self.unmet[dependent] == 0 and self.tasks[dependent].status == PENDING:
-                self.ready.add(dependent)
-        if node_id not in self.tasks:
-            return
-        self.completed += 1
-        for point_id in self.gates.get(node_id, ()):
-            self.sync_unmet[point_id] -= 1
-            if self.sync_unmet[point_id] == 0 and point_id not in self.missed:
-                if announce:
-                    self._reach(self.sync_points[point_id])
-                    self._node_done(point_id)
-                elif point_id in self.reached:
-                    self._node_done(point_id, announce=False)
+    def _pending(self, task_id: str) -> bool:
+        return self.tasks[task_id].status == PENDING
 
     def _reach(self, point: SyncPointSpec) -> None:
         now = workflow.now()
@@ -408,7 +386,7 @@ class InterpreterWorkflow:
 
     def _settled(self) -> bool:
         """Nothing runs, nothing waits, nothing more can start."""
-        return not self.running and not self.ready and not self.starting
+        return not self.running and not self.dag.ready and not self.starting
 
     # --- continue-as-new -----------------------------------------------------------------
 
@@ -494,7 +472,7 @@ class InterpreterWorkflow:
                 self.running[task.spec.id] = task
 
     async def _finish(self) -> InterpreterResult:
-        completed = self.completed
+        completed = self.dag.completed
         if completed == len(self.tasks) and self.failure is None:
             self.status = COMPLETED
             self._milestone("completion", "Completion", "All tasks completed", workflow.now())
@@ -677,8 +655,9 @@ class InterpreterWorkflow:
                 "contextVersion": self.context_version,
             },
         )
-        self._node_done(task.spec.id)
-        self._emit("progress.updated", {"completedTasks": self.completed, "totalTasks": len(self.tasks)})
+        for point_id in self.dag.node_done(task.spec.id, self._pending):
+            self._reach(self.sync_points[point_id])
+        self._emit("progress.updated", {"completedTasks": self.dag.completed, "totalTasks": len(self.tasks)})
 
     def _failed(self, task: TaskState, message: str, resources: dict[str, Any] | None = None) -> None:
         message = _printable(message)
@@ -724,7 +703,7 @@ class InterpreterWorkflow:
                 pass  # the deadline passed
         if point.id in self.reached or self.status != RUNNING:
             return
-        self.missed.add(point.id)
+        self.dag.point_missed(point.id)
         message = f"synchronization point {point.id} was not reached within {_seconds(point.timeout)}s"
         self.failure = message
         self._emit(
@@ -743,7 +722,7 @@ class InterpreterWorkflow:
         task = await self._when_applied(lambda: self._check_retry(task_id))
         task.status, task.error, task.ended_at = PENDING, None, None
         task.attempts_before = task.attempts
-        self.ready.add(task_id)  # its dependencies were done: it ran
+        self.dag.retried(task_id)
         self._resolve_blocker(f"task-failed:{task_id}")
         self._emit("task.execution.pending", self._task_event(task))
         self.changed = True
