@@ -25,12 +25,11 @@ import html
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from string import Template
-from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
@@ -75,7 +74,8 @@ def vendored(package_name: str, file: str) -> Asset:
 
 
 def own(file: str) -> Asset:
-    """One of our files in static/, hashed when first used."""
+    """One of our files in static/, hashed once, when this module is imported (an edit to the file
+    needs a restart, or browsers refuse it)."""
     return Asset(file, vendor.sri("sha384", (STATIC_DIR / file).read_bytes()))
 
 
@@ -105,7 +105,7 @@ class Page:
                 "package, or run `python api/pages/vendor.py` in a source checkout."
             )
         root = request.scope.get("root_path", "")
-        text = Template((TEMPLATES_DIR / self.template).read_text()).substitute(
+        text = _template(self.template).substitute(
             title=html.escape(request.app.title),
             static=html.escape(root + STATIC_PATH),
             styles=_tags(_stylesheet, self.styles, root),
@@ -119,7 +119,12 @@ class Page:
         )
 
 
-def _tags(render: Any, assets: Iterable[Asset], root: str) -> str:
+@cache
+def _template(name: str) -> Template:
+    return Template((TEMPLATES_DIR / name).read_text())
+
+
+def _tags(render: Callable[[Asset, str], str], assets: Iterable[Asset], root: str) -> str:
     return "\n    ".join(render(asset, root) for asset in assets)
 
 
