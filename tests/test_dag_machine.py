@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workflows.dag import DagMachine, Node
-
-PENDING, RUNNING, COMPLETED, FAILED = "PENDING", "RUNNING", "COMPLETED", "FAILED"
+from workflows.dag import CANCELLED, COMPLETED, FAILED, PENDING, STARTED, DagError, DagMachine, Node
 
 
 @st.composite
@@ -53,7 +52,7 @@ class Run:
     def __post_init__(self) -> None:
         self.dag = DagMachine(self.tasks, self.points)
         self.status = {task_id: PENDING for task_id, _ in self.tasks}
-        self.dag.start_ready(self.pending)
+        self.dag.start_ready()
         self.dependencies = dict(self.tasks)
         self.required = dict(self.points)
 
@@ -72,12 +71,14 @@ class Run:
         }
 
     def take(self) -> list[str]:
+        assert self.dag.status == self.status, "the machine's states are the oracle's"
         ready = self.dag.take_ready()
         order = [task_id for task_id, _ in self.tasks]
         assert ready == sorted(ready, key=order.index), "in definition order"
         assert set(ready) == self.may_start(), "ready exactly when every dependency is done"
         for task_id in ready:
-            self.status[task_id] = RUNNING
+            self.status[task_id] = STARTED
+            self.dag.started(task_id)
         self.taken += ready
         return ready
 
@@ -91,11 +92,12 @@ class Run:
             and point not in self.missed
             and all(self.status[t] == COMPLETED for t in required)
         ]
-        assert self.dag.node_done(task_id, self.pending) == newly, "the points it reaches, in order"
+        assert self.dag.node_done(task_id) == newly, "the points it reaches, in order"
         self.reached += newly
 
     def fail(self, task_id: str) -> None:
         self.status[task_id] = FAILED
+        self.dag.failed(task_id)
 
     def retry(self, task_id: str) -> None:
         self.retries[task_id] = self.retries.get(task_id, 0) + 1
@@ -118,7 +120,9 @@ def drive(run: Run, data: st.DataObject, *, failures: bool, misses: bool) -> Non
                 run.miss(data.draw(st.sampled_from(open_points), label="point missed"))
         if not running:
             assert not run.dag.ready and not run.may_start(), "settled: nothing more can start"
+            assert run.dag.settled() and run.dag.status == run.status
             return
+        assert not run.dag.settled()
         task_id = running.pop(data.draw(st.integers(0, len(running) - 1), label="ends next"))
         if failures and data.draw(st.integers(0, 3), label="outcome") == 0:
             run.fail(task_id)
@@ -208,9 +212,9 @@ def test_a_resumed_run_starts_where_the_previous_one_stopped(
     second.status = {t: COMPLETED if s == COMPLETED else PENDING for t, s in first.status.items()}
     second.reached = list(first.reached)
     second.dag = DagMachine(second.tasks, second.points)
-    completed = [task_id for task_id, _ in second.tasks if second.status[task_id] == COMPLETED]
-    second.dag.restore(completed, first.reached, second.pending)
-    second.dag.start_ready(second.pending)
+    completed = {task_id: COMPLETED for task_id, state in second.status.items() if state == COMPLETED}
+    second.dag.restore(completed, first.reached)
+    second.dag.start_ready()
     assert second.dag.completed == len(completed)
     drive(second, data, failures=False, misses=False)  # asserts each pass against the oracle
     assert len(set(second.reached)) == len(second.reached)
@@ -219,15 +223,63 @@ def test_a_resumed_run_starts_where_the_previous_one_stopped(
         assert sorted(second.reached) == sorted(point for point, _ in second.points)
 
 
-def test_clearing_empties_what_may_start_until_the_next_completion() -> None:
-    # The contract the interpreter relies on once an execution has failed: it clears on every pass,
-    # since a task still running may complete and make its dependents ready again.
-    run = Run([("a", []), ("b", []), ("c", ["a"])], [])
-    assert run.take() == ["a", "b"]
-    run.dag.clear_ready()
-    assert run.dag.take_ready() == []
-    run.complete("a")
-    assert run.dag.take_ready() == ["c"]
+@settings(max_examples=200, deadline=None)
+@given(dags(), st.data())
+def test_nothing_starts_once_halted_and_every_task_ends_in_one_state(
+    dag: tuple[list[Node], list[Node]], data: st.DataObject
+) -> None:
+    # Halted part-way (the execution failed): running tasks still end, one state each, and
+    # nothing else is ever made ready, whatever completes afterwards.
+    run = Run(*dag)
+    running: list[str] = []
+    for _ in range(data.draw(st.integers(0, len(run.tasks)), label="steps before the halt")):
+        running += run.take()
+        if not running:
+            break
+        run.complete(running.pop(data.draw(st.integers(0, len(running) - 1))))
+    running += run.take()
+    run.dag.halt()
+    while running:
+        task_id = running.pop(data.draw(st.integers(0, len(running) - 1)))
+        outcome = data.draw(st.sampled_from([COMPLETED, FAILED, CANCELLED]), label="ends as")
+        if outcome == COMPLETED:
+            run.dag.node_done(task_id)
+        elif outcome == FAILED:
+            run.dag.failed(task_id)
+            run.dag.retried(task_id)  # a retry racing the failure starts nothing either
+        else:
+            run.dag.cancelled(task_id)
+        assert run.dag.take_ready() == []
+    assert run.dag.settled()
+    assert STARTED not in run.dag.status.values()
+
+
+def test_a_move_the_rules_do_not_allow_is_refused() -> None:
+    dag = DagMachine([("a", []), ("b", ["a"])], [])
+    with pytest.raises(DagError, match="task a is PENDING: it cannot become COMPLETED"):
+        dag.node_done("a")
+    dag.started("a")
+    with pytest.raises(DagError, match="cannot become STARTED"):
+        dag.started("a")
+    dag.failed("a")
+    with pytest.raises(DagError):
+        dag.cancelled("a")
+    with pytest.raises(DagError, match="cannot resume as CANCELLED"):
+        DagMachine([("a", [])], []).restore({"a": CANCELLED}, [])
+
+
+def test_a_resumed_wait_goes_on_and_a_failed_task_stays_failed() -> None:
+    # A continued run: an approval still waiting is STARTED (it ends in this run); a failed task
+    # holds back what depends on it until it is retried.
+    dag = DagMachine([("a", []), ("b", []), ("c", ["a"]), ("d", ["b"])], [])
+    dag.restore({"a": STARTED, "b": FAILED}, [])
+    dag.start_ready()
+    assert dag.take_ready() == [] and not dag.settled()
+    assert dag.node_done("a") == []
+    assert dag.take_ready() == ["c"]
+    dag.retried("b")
+    assert dag.take_ready() == ["b"]
+    assert dag.failed_tasks() == []
 
 
 def test_a_deferred_task_is_taken_again_in_definition_order() -> None:

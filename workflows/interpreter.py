@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
         UNKNOWN_FUNCTION,
         activity_id,
     )
-    from workflows.dag import DagMachine
+    from workflows.dag import STARTED, DagMachine
     from workflows.inputs import (
         PUBLISH_BY_RUNNER,
         Event,
@@ -187,9 +187,12 @@ class InterpreterWorkflow:
                     task.status, task.carried = WAITING, True
                 # Everything else (the retried task, tasks never run or cancelled) starts again.
             self.dag.restore(
-                [task.spec.id for task in self.tasks.values() if task.status == COMPLETED],
+                {
+                    task.spec.id: STARTED if task.carried else task.status
+                    for task in self.tasks.values()
+                    if task.status in (COMPLETED, FAILED) or task.carried
+                },
                 resume.reached_sync_points,
-                self._pending,
             )
             for snapshot in resume.blockers:
                 blocker = Blocker(
@@ -200,7 +203,7 @@ class InterpreterWorkflow:
                     _time(snapshot["createdAt"]),
                 )
                 self.blockers[blocker.key] = blocker
-        self.dag.start_ready(self._pending)
+        self.dag.start_ready()
         #: The context's size as compact JSON, kept up to date as results are merged.
         self.context_bytes = _json_size(self.context)
 
@@ -331,15 +334,13 @@ class InterpreterWorkflow:
         if not workflow.unsafe.is_replaying():
             self.caught_up = True
         if self.failure is not None:
-            self.dag.clear_ready()
+            self.dag.halt()
             return  # a missed synchronization point failed the execution: nothing new starts
         if self.draining:
             return  # the next run starts them
         ready = self.dag.take_ready()
         for index, task_id in enumerate(ready):
             task = self.tasks[task_id]
-            if task.status != PENDING:
-                continue
             if self.through and not self._fits(task):
                 self.dag.defer(ready[index:])  # the next workflow task (or run) starts them
                 return
@@ -375,9 +376,6 @@ class InterpreterWorkflow:
             if task.spec.type not in (SLEEP, APPROVAL):
                 self.activities_running += 1
 
-    def _pending(self, task_id: str) -> bool:
-        return self.tasks[task_id].status == PENDING
-
     def _reach(self, point: SyncPointSpec) -> None:
         now = workflow.now()
         self.reached[point.id] = now
@@ -386,7 +384,7 @@ class InterpreterWorkflow:
 
     def _settled(self) -> bool:
         """Nothing runs, nothing waits, nothing more can start."""
-        return not self.running and not self.dag.ready and not self.starting
+        return self.dag.settled()
 
     # --- continue-as-new -----------------------------------------------------------------
 
@@ -473,7 +471,7 @@ class InterpreterWorkflow:
 
     async def _finish(self) -> InterpreterResult:
         completed = self.dag.completed
-        if completed == len(self.tasks) and self.failure is None:
+        if self.dag.all_completed() and self.failure is None:
             self.status = COMPLETED
             self._milestone("completion", "Completion", "All tasks completed", workflow.now())
             self._emit("workflow.execution.completed", self._execution_snapshot(COMPLETED))
@@ -500,7 +498,7 @@ class InterpreterWorkflow:
         return InterpreterResult(COMPLETED, self.context_version, completed, len(self.tasks))
 
     def _failure_summary(self) -> str:
-        failed = [t.spec.id for t in self.tasks.values() if t.status == FAILED]
+        failed = self.dag.failed_tasks()
         if failed:
             return f"task{'s' if len(failed) > 1 else ''} {', '.join(failed)} failed"
         return "tasks could not run"
@@ -511,6 +509,7 @@ class InterpreterWorkflow:
         task.status = WAITING if task.spec.type in (SLEEP, APPROVAL) else RUNNING
         task.started_at, task.ended_at, task.error, task.decision = workflow.now(), None, None, None
         task.attempts = task.attempts_before + 1
+        self.dag.started(task.spec.id)
         self._emit(
             "task.execution.waiting" if task.status == WAITING else "task.execution.started",
             self._task_event(task),
@@ -655,13 +654,14 @@ class InterpreterWorkflow:
                 "contextVersion": self.context_version,
             },
         )
-        for point_id in self.dag.node_done(task.spec.id, self._pending):
+        for point_id in self.dag.node_done(task.spec.id):
             self._reach(self.sync_points[point_id])
         self._emit("progress.updated", {"completedTasks": self.dag.completed, "totalTasks": len(self.tasks)})
 
     def _failed(self, task: TaskState, message: str, resources: dict[str, Any] | None = None) -> None:
         message = _printable(message)
         task.status, task.ended_at, task.error = FAILED, workflow.now(), message
+        self.dag.failed(task.spec.id)
         if resources is not None:
             task.resources = resources
         self._emit("task.execution.failed", self._task_event(task))
@@ -675,6 +675,7 @@ class InterpreterWorkflow:
 
     def _cancelled(self, task: TaskState) -> None:
         task.status, task.ended_at = CANCELLED, workflow.now()
+        self.dag.cancelled(task.spec.id)
         self._emit("task.execution.cancelled", self._task_event(task))
         self._resolve_blocker(f"approval:{task.spec.id}")
         self._resolve_task_blockers(task)
