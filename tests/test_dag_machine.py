@@ -121,8 +121,10 @@ def drive(run: Run, data: st.DataObject, *, failures: bool, misses: bool) -> Non
         if not running:
             assert not run.dag.ready and not run.may_start(), "settled: nothing more can start"
             assert run.dag.settled() and run.dag.status == run.status
+            assert run.dag.started_count == 0
             return
         assert not run.dag.settled()
+        assert run.dag.started_count == sum(state == STARTED for state in run.status.values())
         task_id = running.pop(data.draw(st.integers(0, len(running) - 1), label="ends next"))
         if failures and data.draw(st.integers(0, 3), label="outcome") == 0:
             run.fail(task_id)
