@@ -116,8 +116,6 @@ class InterpreterWorkflow:
         specs = input.task_specs()
         self.tasks = {spec.id: TaskState(spec) for spec in specs}
         self.sync_points: dict[str, SyncPointSpec] = {p.id: p for p in input.sync_points}
-        #: When each synchronization point was reached (the DAG's rules are in self.dag).
-        self.reached: dict[str, datetime] = {}
         self.blockers: dict[str, Blocker] = {}
         self.context: dict[str, Any] = dict(input.context)
         self.context_version = 1
@@ -171,7 +169,6 @@ class InterpreterWorkflow:
             self.context = dict(carried_context)
             self.context_version = resume.context_version
             self.seq = self.flushed_seq = resume.last_seq
-            self.reached = {sid: resume.started_at for sid in resume.reached_sync_points}
             for carried in carried_tasks:
                 task = self.tasks.get(carried.id)
                 if task is None:
@@ -325,7 +322,7 @@ class InterpreterWorkflow:
             ]:
                 self._resolve_blocker(key)
         for point in self.input.sync_points:
-            if point.timeout is not None and point.id not in self.reached:
+            if point.timeout is not None and point.id not in self.dag.reached:
                 self.timers.append(asyncio.create_task(self._sync_deadline(point)))
 
     def _advance(self) -> None:
@@ -378,7 +375,6 @@ class InterpreterWorkflow:
 
     def _reach(self, point: SyncPointSpec) -> None:
         now = workflow.now()
-        self.reached[point.id] = now
         self._emit("synchronization.point.reached", {"syncPointId": point.id, "name": point.name, "at": now})
         self._milestone(f"sync:{point.id}", point.name, point.description, now)
 
@@ -437,7 +433,7 @@ class InterpreterWorkflow:
             context_version=self.context_version,
             last_seq=self.seq,
             started_at=self.started_at,
-            reached_sync_points=sorted(self.reached),
+            reached_sync_points=sorted(self.dag.reached),
             continued=True,
             blockers=[b.snapshot() for b in self.blockers.values() if b.resolved_at is None],
             deadline_base=self.deadline_base if self.through else None,
@@ -462,7 +458,7 @@ class InterpreterWorkflow:
     def _carry_on(self) -> None:
         """The start of a continued run: tasks that were waiting wait on; nothing is announced."""
         for point in self.input.sync_points:
-            if point.timeout is not None and point.id not in self.reached:
+            if point.timeout is not None and point.id not in self.dag.reached:
                 self.timers.append(asyncio.create_task(self._sync_deadline(point)))
         for task in self.tasks.values():
             if task.carried:
@@ -699,10 +695,10 @@ class InterpreterWorkflow:
         remaining = point.timeout - (workflow.now() - self.deadline_base).total_seconds()
         if remaining > 0:
             try:
-                await workflow.wait_condition(lambda: point.id in self.reached, timeout=remaining)
+                await workflow.wait_condition(lambda: point.id in self.dag.reached, timeout=remaining)
             except builtins.TimeoutError:
                 pass  # the deadline passed
-        if point.id in self.reached or self.status != RUNNING:
+        if point.id in self.dag.reached or self.status != RUNNING:
             return
         self.dag.point_missed(point.id)
         message = f"synchronization point {point.id} was not reached within {_seconds(point.timeout)}s"
@@ -842,7 +838,7 @@ class InterpreterWorkflow:
             **self._execution_snapshot(self.status),
             "tasks": [t.snapshot() for t in self.tasks.values()],
             "blockers": [b.snapshot() for b in self.blockers.values()],
-            "reached": sorted(self.reached),
+            "reached": sorted(self.dag.reached),
             "lastSeq": self.seq,
             "publishedSeq": self.flushed_seq,
         }

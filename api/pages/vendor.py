@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -114,6 +115,17 @@ def extract(package: Package, tarball: bytes) -> dict[str, bytes]:
         raise VendorError(
             f"{package.name}@{package.version}: the tarball does not match the lock's integrity {package.integrity}"
         )
+    found = _files_of(package, tarball)
+    for path, data in found.items():
+        if not matches(package.files[path], data):
+            raise VendorError(
+                f"{package.name}@{package.version}: {path} does not match the lock's {package.files[path]}"
+            )
+    return found
+
+
+def _files_of(package: Package, tarball: bytes) -> dict[str, bytes]:
+    """The package's pinned files, as its tarball holds them (under package/); all or an error."""
     found: dict[str, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as archive:
         for member in archive.getmembers():
@@ -125,11 +137,6 @@ def extract(package: Package, tarball: bytes) -> dict[str, bytes]:
     missing = sorted(set(package.files) - set(found))
     if missing:
         raise VendorError(f"{package.name}@{package.version} has no {', '.join(missing)}")
-    for path, data in found.items():
-        if not matches(package.files[path], data):
-            raise VendorError(
-                f"{package.name}@{package.version}: {path} does not match the lock's {package.files[path]}"
-            )
     return found
 
 
@@ -153,17 +160,11 @@ def _write(folder: Path, files: dict[str, bytes]) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         if folder.exists():
-            _remove(folder)
+            shutil.rmtree(folder)
         staging.rename(folder)
     except BaseException:
-        _remove(staging)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def _remove(folder: Path) -> None:
-    for file in sorted(folder.rglob("*"), reverse=True):
-        file.rmdir() if file.is_dir() else file.unlink()
-    folder.rmdir()
 
 
 def ensure(
@@ -190,16 +191,9 @@ def pin(lock: Path = LOCK, registry: str | None = None) -> None:
     for entry in document["packages"]:
         meta = json.loads(_download(f"{registry}/{entry['name']}/{entry['version']}"))
         entry["integrity"] = meta["dist"]["integrity"]
-        tarball = _download(meta["dist"]["tarball"])
-        package = Package(
-            entry["name"], entry["version"], entry["integrity"], {p: "" for p in entry["files"]}
-        )
-        with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as archive:
-            for path in package.files:
-                reader = archive.extractfile(TARBALL_ROOT + path)
-                if reader is None:
-                    raise VendorError(f"{package.name}@{package.version} has no {path}")
-                entry["files"][path] = sri("sha384", reader.read())
+        package = Package(entry["name"], entry["version"], entry["integrity"], dict(entry["files"]))
+        files = _files_of(package, _download(meta["dist"]["tarball"]))
+        entry["files"] = {path: sri("sha384", files[path]) for path in package.files}
     lock.write_text(json.dumps(document, indent=2) + "\n")
 
 
