@@ -29,7 +29,14 @@ from activities.registry import load_modules
 from api.app import create_app
 from api.settings import Settings
 from tests.loopback import loopback  # noqa: F401  (a real HTTP server on loopback, for any test)
-from tests.processes import ApiClient, ProcessSet, fresh_postgres_database, running_processes, wait_http_ready
+from tests.processes import (
+    ApiClient,
+    ProcessSet,
+    fresh_postgres_database,
+    running_processes,
+    server_client,
+    wait_http_ready,
+)
 from tests.throwaway_postgres import DEFAULT_URL, answers, throwaway_postgres
 from workflows.constants import SEARCH_ATTRIBUTES
 
@@ -262,7 +269,7 @@ async def api(settings: Settings, processes: ProcessSet) -> AsyncIterator[ApiCli
     base_url = f"http://127.0.0.1:{port}"
     process = processes.start_api(settings, port)
     await wait_http_ready(process, f"{base_url}/readyz")
-    async with httpx.AsyncClient(base_url=base_url, timeout=90, trust_env=False) as http:
+    async with server_client(base_url, timeout=90) as http:
         yield await ApiClient.login(http, "admin", ADMIN_PASSWORD)
 
 

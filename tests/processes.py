@@ -412,6 +412,21 @@ async def wait_worker_polling(
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED")
 
 
+#: Idle connections a test client keeps: under uvicorn's 5 s keep-alive, so a request never goes out
+#: on a connection the server is closing at that moment (an httpx.ReadError on a busy machine).
+CLIENT_KEEPALIVE_SECONDS = 2.0
+
+
+def server_client(base_url: str, timeout: float | None = 5.0) -> httpx.AsyncClient:
+    """An HTTP client for one of the test's API processes (loopback, no proxies from the environment)."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=timeout,
+        trust_env=False,
+        limits=httpx.Limits(keepalive_expiry=CLIENT_KEEPALIVE_SECONDS),
+    )
+
+
 class ApiClient:
     """The REST calls these tests make, on any httpx client (a subprocess's URL or ASGITransport).
 

@@ -34,6 +34,7 @@ from tests.processes import (
     ApiClient,
     ProcessSet,
     free_port,
+    server_client,
     task_of,
     wait_http_ready,
     wait_temporal_ready,
@@ -186,7 +187,7 @@ class TestApiRestarted:
             await wait_http_ready(api_process, f"{base_url}/readyz")
             async with (
                 running_worker(temporal_env.client, settings, identity="restart-worker"),
-                httpx.AsyncClient(base_url=base_url, timeout=30, trust_env=False) as http,
+                server_client(base_url, timeout=30) as http,
             ):
                 api = await ApiClient.login(http, "admin", ADMIN_PASSWORD)
                 definition = await api.define(

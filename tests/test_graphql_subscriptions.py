@@ -43,6 +43,7 @@ from tests.processes import (
     ApiClient,
     free_port,
     running_processes,
+    server_client,
     task_of,
     wait_http_ready,
     wait_worker_polling,
@@ -705,7 +706,7 @@ class TestSlowClient:
                 changes = [u["sequence"] for u in updates if u["sequence"] > updates[0]["sequence"]]
                 assert changes and strictly_increasing(changes), updates
                 # The server still answers other requests at once.
-                async with httpx.AsyncClient(base_url=stack.url_b, trust_env=False) as http_b:
+                async with server_client(stack.url_b) as http_b:
                     probe = await gql(http_b, "{ me { username } }", headers=bearer(stack.tokens["viewer"]))
                 assert data_of(probe) == {"me": {"username": "victor"}}
             unread = [m for m in slow.received if m.get("type") not in ("connection_ack", "ka")]

@@ -25,7 +25,7 @@ import websockets
 from api.settings import Settings
 from tests.conftest import ADMIN_PASSWORD, JWT_SECRET, make_settings
 from tests.graphql_client import expired_token, foreign_token
-from tests.processes import ApiClient, Process, free_port, running_processes, wait_http_ready
+from tests.processes import ApiClient, Process, free_port, running_processes, server_client, wait_http_ready
 
 pytestmark = pytest.mark.slow
 
@@ -197,7 +197,7 @@ async def api_server(tmp: Path, **overrides: Any) -> AsyncIterator[Server]:
         api = procs.start_api(settings, port)
         url = f"http://127.0.0.1:{port}"
         await wait_http_ready(api, f"{url}/healthz")
-        async with httpx.AsyncClient(base_url=url, timeout=60, trust_env=False) as http:
+        async with server_client(url, timeout=60) as http:
             admin = await ApiClient.login(http, "admin", ADMIN_PASSWORD)
             response = await http.post(
                 "/api/users",

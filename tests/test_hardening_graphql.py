@@ -30,7 +30,7 @@ from tests.graphql_client import (
     error_of,
     gql,
 )
-from tests.processes import ApiClient, free_port, running_processes, wait_http_ready
+from tests.processes import ApiClient, free_port, running_processes, server_client, wait_http_ready
 from tests.test_graphql import REJECT, START, create_definition, start_execution, waiting
 
 pytestmark = pytest.mark.slow
@@ -89,7 +89,7 @@ async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
         api = procs.start_api(settings, port)
         url = f"http://127.0.0.1:{port}"
         await wait_http_ready(api, f"{url}/healthz")
-        async with httpx.AsyncClient(base_url=url, timeout=ANSWER_WITHIN * 2, trust_env=False) as http:
+        async with server_client(url, timeout=ANSWER_WITHIN * 2) as http:
             admin = await ApiClient.login(http, "admin", ADMIN_PASSWORD)
             response = await http.post(
                 "/api/users",
@@ -109,7 +109,7 @@ async def while_healthy(server: Server, work: Awaitable[T]) -> T:
     task = asyncio.ensure_future(asyncio.wait_for(work, ANSWER_WITHIN))
     asked = 0
     try:
-        async with httpx.AsyncClient(base_url=server.url, timeout=HEALTHZ_WITHIN, trust_env=False) as health:
+        async with server_client(server.url, timeout=HEALTHZ_WITHIN) as health:
             while True:
                 await asyncio.sleep(0.05)
                 started = time.monotonic()

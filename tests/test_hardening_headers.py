@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import ADMIN_PASSWORD, make_settings
-from tests.processes import ApiClient, free_port, running_processes, wait_http_ready
+from tests.processes import ApiClient, free_port, running_processes, server_client, wait_http_ready
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
         api = procs.start_api(settings, port)
         url = f"http://127.0.0.1:{port}"
         await wait_http_ready(api, f"{url}/healthz")
-        async with httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as http:
+        async with server_client(url, timeout=30) as http:
             admin = await ApiClient.login(http, "admin", ADMIN_PASSWORD)
             yield Server(http, admin.headers)
         api.check_alive()

@@ -29,7 +29,7 @@ from api.db import utcnow
 from api.models.users import CounterRow, UserRow
 from api.settings import Settings
 from tests.conftest import ADMIN_PASSWORD, make_settings, problem
-from tests.processes import free_port, running_processes, wait_http_ready
+from tests.processes import free_port, running_processes, server_client, wait_http_ready
 
 LOGIN = "/api/auth/login"
 TOO_MANY_REQUESTS = "https://workflow-orchestration.dev/problems/too-many-requests"
@@ -228,7 +228,7 @@ class TestTrustedProxies:
             api = procs.start_api(settings, port)
             url = f"http://127.0.0.1:{port}"
             await wait_http_ready(api, f"{url}/healthz")
-            async with httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as http:
+            async with server_client(url, timeout=30) as http:
                 for i in range(2):
                     response = await attempt(http, "admin", f"guess-{i}", **{"X-Forwarded-For": ATTACKER})
                     assert response.status_code == 401, response.text

@@ -49,7 +49,7 @@ from tests.graphql_client import (
     bearer,
     token_of,
 )
-from tests.processes import fresh_postgres_database
+from tests.processes import fresh_postgres_database, server_client
 from tests.test_settings import assert_refused, clean_env, run_server
 
 pytestmark = pytest.mark.slow
@@ -168,7 +168,7 @@ async def stack(
     async with (
         serving(app) as url,
         running_worker(temporal_env.client, settings),
-        httpx.AsyncClient(base_url=url, timeout=60, trust_env=False) as http,
+        server_client(url, timeout=60) as http,
     ):
         admin = await login(http, "admin", ADMIN_PASSWORD)
         execution_id, gate_id = await gated(http, admin)

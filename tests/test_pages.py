@@ -46,7 +46,7 @@ from api.app import create_app
 from api.pages import vendor
 from api.settings import Settings
 from tests.conftest import ADMIN_PASSWORD, make_settings, running_worker, temporal_address
-from tests.processes import REPO, ApiClient, free_port, running_processes, wait_http_ready
+from tests.processes import REPO, ApiClient, free_port, running_processes, server_client, wait_http_ready
 
 CHROMIUM = Path(os.environ.get("WFO_TEST_CHROMIUM", "/usr/bin/chromium"))
 ARTEFACTS = Path(os.environ.get("WFO_TEST_ARTEFACTS", REPO / "build" / "test-artefacts")) / "pages"
@@ -441,7 +441,7 @@ async def stack(
         await wait_http_ready(process, f"{base_url}/readyz")
         async with (
             running_worker(temporal_env.client, settings),
-            httpx.AsyncClient(base_url=base_url, timeout=60, trust_env=False) as http,
+            server_client(base_url, timeout=60) as http,
         ):
             yield Stack(base_url, await ApiClient.login(http, "admin", ADMIN_PASSWORD))
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 import pytest_asyncio
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from tests.conftest import ADMIN_PASSWORD, make_settings, temporal_address
-from tests.processes import free_port, running_processes, wait_http_ready
+from tests.processes import free_port, running_processes, server_client, wait_http_ready
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +36,7 @@ async def live_api(temporal_env, tmp_path_factory) -> AsyncIterator[dict[str, An
         api = procs.start_api(config, port)
         base_url = f"http://127.0.0.1:{port}"
         await wait_http_ready(api, f"{base_url}/healthz")
-        async with httpx.AsyncClient(base_url=base_url, trust_env=False) as http:
+        async with server_client(base_url) as http:
             login = await http.post("/api/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
             token = login.json()["accessToken"]
             document = (await http.get("/openapi.json")).json()

@@ -39,6 +39,7 @@ from tests.conftest import ADMIN_PASSWORD, free_port, login, problem, running_wo
 from tests.graphql_client import data_of, error_of, gql
 from tests.loopback import RecordedRequest, Reply
 from tests.processes import (
+    server_client,
     wait_http_ready,
     wait_temporal_ready,
     wait_worker_polling,
@@ -631,7 +632,7 @@ class TestRestarts:
             await wait_http_ready(api, f"http://127.0.0.1:{port}/readyz")
             async with (
                 running_worker(temporal_env.client, settings, identity="api-restart-worker"),
-                httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, trust_env=False) as http,
+                server_client(f"http://127.0.0.1:{port}", timeout=30) as http,
             ):
                 headers = await login(http, "admin", ADMIN_PASSWORD)
                 hook = await register(
